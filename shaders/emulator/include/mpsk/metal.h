@@ -1,0 +1,10 @@
+// The emulator's metal_stdlib: included ahead of every rewritten kernel source.
+#pragma once
+
+#include "types.h"
+#include "math.h"
+#include "runtime.h"
+#include "simd.h"
+
+// Metal has no double; the pre-pass reports it, this catches what it cannot see.
+#define double __metal_has_no_double

@@ -1,0 +1,563 @@
+// Execution model of the emulator: one dispatch, threadgroup by threadgroup.
+//
+// Every thread of a threadgroup is a fiber with its own stack. Fibers run
+// until they block at a threadgroup barrier or a SIMD-group function; the
+// scheduler then checks that the whole threadgroup (or SIMD-group) is waiting
+// at the same call, completes it, and lets everyone go on. Anything else
+// (threads that returned, or wait at another call) is a divergence that would
+// hang or give garbage on a GPU: the launch stops with an error instead.
+// Kernels with no synchronization run without fibers; the first barrier seen
+// there asks the host to run the launch again with fibers.
+#pragma once
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+namespace mpsk_rt {
+
+constexpr int kSimdWidth = 32;
+constexpr int kMaxThreadsPerGroup = 1024;
+constexpr unsigned long kMaxThreadgroupMemory = 32768;
+constexpr unsigned long kFiberStack = 256 * 1024;
+constexpr unsigned long kRedZone = 64;
+constexpr int kMaxThreadgroupVars = 64;
+constexpr unsigned char kPoison = 0xFF;  // NaN in every float width, -1 in every int.
+
+// Dispatch attributes; the host reads their names through mpsk_attr_name.
+enum A : int {
+  thread_position_in_grid,
+  threadgroup_position_in_grid,
+  thread_position_in_threadgroup,
+  threads_per_threadgroup,
+  dispatch_threads_per_threadgroup,
+  threadgroups_per_grid,
+  threads_per_grid,
+  thread_index_in_threadgroup,
+  thread_index_in_simdgroup,
+  simdgroup_index_in_threadgroup,
+  threads_per_simdgroup,
+  simdgroups_per_threadgroup,
+  dispatch_simdgroups_per_threadgroup,
+  thread_execution_width,
+  kNumAttrs
+};
+
+inline const char* const kAttrNames[kNumAttrs] = {
+    "thread_position_in_grid",        "threadgroup_position_in_grid",
+    "thread_position_in_threadgroup", "threads_per_threadgroup",
+    "dispatch_threads_per_threadgroup", "threadgroups_per_grid",
+    "threads_per_grid",               "thread_index_in_threadgroup",
+    "thread_index_in_simdgroup",      "simdgroup_index_in_threadgroup",
+    "threads_per_simdgroup",          "simdgroups_per_threadgroup",
+    "dispatch_simdgroups_per_threadgroup", "thread_execution_width",
+};
+// Attributes with x, y and z components; the others are scalars.
+inline constexpr bool kAttrIs3d[kNumAttrs] = {true, true, true, true, true, true, true,
+                                              false, false, false, false, false, false, false};
+
+enum class St : unsigned char { Ready, Blocked, Done };
+enum class Sync : unsigned char { None, Barrier, Simd };
+
+struct Site {
+  const char* what = "";
+  const char* file = "";
+  unsigned line = 0, col = 0;
+};
+
+inline bool same_site(const Site& a, const Site& b) {
+  return a.line == b.line && a.col == b.col && strcmp(a.what, b.what) == 0 &&
+         strcmp(a.file, b.file) == 0;
+}
+
+struct Thread;
+// Completes one SIMD-group function for all lanes at once, so no lane can
+// overwrite its input before the others have read it.
+using CombineFn = void (*)(Thread* const* lanes, int n);
+
+struct Thread {
+  ucontext_t ctx;
+  unsigned a[kNumAttrs][3];
+  St st;
+  Sync sync;
+  Site site;
+  CombineFn combine;
+  long iarg;
+  void* ptr[4];
+  alignas(16) unsigned char in[32];
+  alignas(16) unsigned char out[32];
+};
+
+struct TgVar {
+  int site;
+  unsigned long off, size;
+  const char* name;
+};
+
+struct Launch {
+  void (*entry)(void**);
+  void** bufs;
+  unsigned grid[3], group[3], ngroups[3];
+  unsigned gid[3];
+  bool fibers;
+  bool failed;
+  bool needs_fibers;
+  char* err;
+  int errlen;
+  jmp_buf escape;
+  ucontext_t sched;
+  int n;  // threads in the current group
+  TgVar tg[kMaxThreadgroupVars];
+  int ntg;
+  unsigned long tg_used;
+};
+
+inline thread_local Launch* L = nullptr;
+inline thread_local Thread* T = nullptr;
+
+inline unsigned char* arena() {
+  constexpr unsigned long size = kMaxThreadgroupMemory + 2 * kRedZone * kMaxThreadgroupVars + 256;
+  alignas(64) static thread_local unsigned char buf[size];
+  return buf;
+}
+
+inline void vfail(const char* fmt, va_list ap) {
+  if (L->failed) return;
+  L->failed = true;
+  vsnprintf(L->err, L->errlen, fmt, ap);
+}
+
+inline void fail(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(fmt, ap);
+  va_end(ap);
+}
+
+// Stops the calling thread after an error; the launch ends with that error.
+[[noreturn]] inline void abort_thread() {
+  if (L->fibers) {
+    setcontext(&L->sched);
+  }
+  longjmp(L->escape, 1);
+}
+
+[[noreturn]] inline void trap(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(fmt, ap);
+  va_end(ap);
+  abort_thread();
+}
+
+inline const char* group_str() {
+  static thread_local char s[64];
+  snprintf(s, sizeof s, "threadgroup (%u, %u, %u)", L->gid[0], L->gid[1], L->gid[2]);
+  return s;
+}
+
+// ---- threadgroup memory ----------------------------------------------------
+
+inline unsigned long round16(unsigned long n) { return (n + 15) & ~15ul; }
+
+// Storage for a kernel-scope `threadgroup` variable, shared by the threadgroup:
+// the first thread to reach the declaration allocates it, poisoned, between
+// red zones that are checked when the group ends.
+inline void* tg_alloc(int site, unsigned long size, const char* name) {
+  for (int i = 0; i < L->ntg; ++i)
+    if (L->tg[i].site == site) return arena() + L->tg[i].off;
+  if (L->ntg == kMaxThreadgroupVars) trap("more than %d threadgroup variables", kMaxThreadgroupVars);
+  unsigned long total = round16(size);
+  for (int i = 0; i < L->ntg; ++i) total += round16(L->tg[i].size);
+  if (total > kMaxThreadgroupMemory)
+    trap("threadgroup memory of %lu bytes exceeds the %lu-byte limit (at '%s')", total,
+         kMaxThreadgroupMemory, name);
+  unsigned long off = L->tg_used + kRedZone;
+  memset(arena() + L->tg_used, kPoison, kRedZone + round16(size) + kRedZone);
+  L->tg[L->ntg++] = TgVar{site, off, size, name};
+  L->tg_used = off + round16(size) + kRedZone;
+  return arena() + off;
+}
+
+inline bool check_tg_red_zones() {
+  for (int i = 0; i < L->ntg; ++i) {
+    const TgVar& v = L->tg[i];
+    const unsigned char* lo = arena() + v.off - kRedZone;
+    const unsigned char* hi = arena() + v.off + v.size;
+    unsigned long hi_len = round16(v.size) - v.size + kRedZone;
+    for (unsigned long k = 0; k < kRedZone; ++k)
+      if (lo[k] != kPoison) {
+        fail("write before the start of threadgroup array '%s' (%lu bytes before it) in %s",
+             v.name, kRedZone - k, group_str());
+        return false;
+      }
+    for (unsigned long k = 0; k < hi_len; ++k)
+      if (hi[k] != kPoison) {
+        fail("write past the end of threadgroup array '%s' (%lu bytes of %lu, at byte %lu) in %s",
+             v.name, v.size, v.size, v.size + k, group_str());
+        return false;
+      }
+  }
+  return true;
+}
+
+// ---- synchronization -------------------------------------------------------
+
+// Called by every barrier and SIMD-group function.
+inline void block(Sync kind, const Site& site, CombineFn combine) {
+  if (!L->fibers) {
+    L->needs_fibers = true;
+    longjmp(L->escape, 1);
+  }
+  Thread* t = T;
+  t->st = St::Blocked;
+  t->sync = kind;
+  t->site = site;
+  t->combine = combine;
+  swapcontext(&t->ctx, &L->sched);
+}
+
+inline int lane_count(int simd) {
+  int first = simd * kSimdWidth;
+  return (L->n - first) < kSimdWidth ? (L->n - first) : kSimdWidth;
+}
+
+inline const char* describe_wait(const Thread& t) {
+  static thread_local char s[160];
+  if (t.st == St::Done) return "returned";
+  snprintf(s, sizeof s, "waits at %s (line %u)", t.site.what, t.site.line);
+  return s;
+}
+
+inline bool resolve(Thread* threads) {
+  bool released = false;
+  const int nsimd = (L->n + kSimdWidth - 1) / kSimdWidth;
+  for (int s = 0; s < nsimd; ++s) {
+    Thread* lanes[kSimdWidth];
+    const int m = lane_count(s);
+    int at_simd = -1, other = -1;
+    for (int i = 0; i < m; ++i) {
+      lanes[i] = &threads[s * kSimdWidth + i];
+      if (lanes[i]->st == St::Blocked && lanes[i]->sync == Sync::Simd) {
+        if (at_simd < 0) at_simd = i;
+      } else if (other < 0) {
+        other = i;
+      }
+    }
+    if (at_simd < 0) continue;
+    if (other >= 0) {
+      int reached = 0;
+      for (int i = 0; i < m; ++i) reached += lanes[i]->st == St::Blocked && lanes[i]->sync == Sync::Simd;
+      fail("%s (line %u) reached by %d of %d lanes of SIMD-group %d in %s: lane %d %s",
+           lanes[at_simd]->site.what, lanes[at_simd]->site.line, reached, m, s, group_str(), other,
+           describe_wait(*lanes[other]));
+      return false;
+    }
+    for (int i = 1; i < m; ++i)
+      if (!same_site(lanes[i]->site, lanes[0]->site)) {
+        fail("lanes of SIMD-group %d in %s diverged: lane 0 waits at %s (line %u), lane %d at %s (line %u)",
+             s, group_str(), lanes[0]->site.what, lanes[0]->site.line, i, lanes[i]->site.what,
+             lanes[i]->site.line);
+        return false;
+      }
+    if (lanes[0]->combine) {
+      lanes[0]->combine(lanes, m);
+      if (L->failed) return false;
+    }
+    for (int i = 0; i < m; ++i) lanes[i]->st = St::Ready;
+    released = true;
+  }
+  if (released) return true;
+
+  int first = -1, done = 0;
+  for (int i = 0; i < L->n; ++i) {
+    if (threads[i].st == St::Done) {
+      ++done;
+    } else if (first < 0) {
+      first = i;
+    }
+  }
+  const Thread& f = threads[first];
+  if (done) {
+    int d = 0;
+    while (threads[d].st != St::Done) ++d;
+    fail("%s (line %u) reached by %d of %d threads of %s: thread %d returned without reaching it",
+         f.site.what, f.site.line, L->n - done, L->n, group_str(), d);
+    return false;
+  }
+  for (int i = 0; i < L->n; ++i)
+    if (!same_site(threads[i].site, f.site)) {
+      fail("threads of %s diverged: thread %d waits at %s (line %u), thread %d at %s (line %u)",
+           group_str(), first, f.site.what, f.site.line, i, threads[i].site.what, threads[i].site.line);
+      return false;
+    }
+  for (int i = 0; i < L->n; ++i) threads[i].st = St::Ready;
+  return true;
+}
+
+// ---- dispatch ------------------------------------------------------------------
+
+inline Thread* thread_pool() {
+  static thread_local Thread* pool = nullptr;
+  if (!pool) {
+    pool = static_cast<Thread*>(mmap(nullptr, sizeof(Thread) * kMaxThreadsPerGroup,
+                                     PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  }
+  return pool;
+}
+
+// Fiber stacks, each above a guard page so an overflow faults instead of
+// silently corrupting a neighbour.
+inline unsigned char* fiber_stack(int i) {
+  static thread_local unsigned char* stacks[kMaxThreadsPerGroup] = {};
+  if (!stacks[i]) {
+    void* p = mmap(nullptr, kFiberStack + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    mprotect(p, 4096, PROT_NONE);
+    stacks[i] = static_cast<unsigned char*>(p) + 4096;
+  }
+  return stacks[i];
+}
+
+inline void fiber_main() {
+  L->entry(L->bufs);
+  T->st = St::Done;
+}
+
+inline void set3(unsigned* d, unsigned x, unsigned y, unsigned z) {
+  d[0] = x;
+  d[1] = y;
+  d[2] = z;
+}
+
+inline void init_thread(Thread& t, int i, const unsigned* actual) {
+  const unsigned tx = i % actual[0], ty = (i / actual[0]) % actual[1], tz = i / (actual[0] * actual[1]);
+  const unsigned n = actual[0] * actual[1] * actual[2];
+  const unsigned nominal = L->group[0] * L->group[1] * L->group[2];
+  set3(t.a[thread_position_in_grid], L->gid[0] * L->group[0] + tx, L->gid[1] * L->group[1] + ty,
+       L->gid[2] * L->group[2] + tz);
+  set3(t.a[threadgroup_position_in_grid], L->gid[0], L->gid[1], L->gid[2]);
+  set3(t.a[thread_position_in_threadgroup], tx, ty, tz);
+  set3(t.a[threads_per_threadgroup], actual[0], actual[1], actual[2]);
+  set3(t.a[dispatch_threads_per_threadgroup], L->group[0], L->group[1], L->group[2]);
+  set3(t.a[threadgroups_per_grid], L->ngroups[0], L->ngroups[1], L->ngroups[2]);
+  set3(t.a[threads_per_grid], L->grid[0], L->grid[1], L->grid[2]);
+  set3(t.a[thread_index_in_threadgroup], i, 0, 0);
+  set3(t.a[thread_index_in_simdgroup], i % kSimdWidth, 0, 0);
+  set3(t.a[simdgroup_index_in_threadgroup], i / kSimdWidth, 0, 0);
+  set3(t.a[threads_per_simdgroup], kSimdWidth, 0, 0);
+  set3(t.a[simdgroups_per_threadgroup], (n + kSimdWidth - 1) / kSimdWidth, 0, 0);
+  set3(t.a[dispatch_simdgroups_per_threadgroup], (nominal + kSimdWidth - 1) / kSimdWidth, 0, 0);
+  set3(t.a[thread_execution_width], kSimdWidth, 0, 0);
+  t.st = St::Ready;
+  t.sync = Sync::None;
+}
+
+inline bool run_group(const unsigned* actual, bool forward_first) {
+  const int n = L->n;
+  Thread* threads = thread_pool();
+  L->ntg = 0;
+  L->tg_used = 0;
+  if (!L->fibers) {
+    if (setjmp(L->escape)) return false;
+    for (int i = 0; i < n; ++i) {
+      init_thread(threads[0], i, actual);
+      T = &threads[0];
+      L->entry(L->bufs);
+    }
+    return check_tg_red_zones();
+  }
+  for (int i = 0; i < n; ++i) {
+    Thread& t = threads[i];
+    init_thread(t, i, actual);
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = fiber_stack(i);
+    t.ctx.uc_stack.ss_size = kFiberStack;
+    t.ctx.uc_link = &L->sched;
+    makecontext(&t.ctx, fiber_main, 0);
+  }
+  // Alternate the order in which threads run between phases, so a missing
+  // barrier shows up whichever way the data flows between threads.
+  bool forward = forward_first;
+  for (;;) {
+    for (int k = 0; k < n; ++k) {
+      Thread& t = threads[forward ? k : n - 1 - k];
+      if (t.st != St::Ready) continue;
+      T = &t;
+      swapcontext(&L->sched, &t.ctx);
+      if (L->failed) return false;
+    }
+    forward = !forward;
+    int done = 0;
+    for (int i = 0; i < n; ++i) done += threads[i].st == St::Done;
+    if (done == n) break;
+    if (!resolve(threads)) return false;
+  }
+  return check_tg_red_zones();
+}
+
+enum Status { kOk = 0, kError = 1, kNeedsFibers = 2 };
+
+inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, const unsigned* group,
+                  int fibers, char* err, int errlen) {
+  Launch launch{};
+  launch.entry = entry;
+  launch.bufs = bufs;
+  launch.fibers = fibers != 0;
+  launch.err = err;
+  launch.errlen = errlen;
+  for (int d = 0; d < 3; ++d) {
+    launch.grid[d] = grid[d];
+    launch.group[d] = group[d];
+    launch.ngroups[d] = (grid[d] + group[d] - 1) / group[d];
+  }
+  Launch* outer = L;
+  L = &launch;
+  int status = kOk;
+  const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
+  // Threadgroups run last to first: no kernel may rely on their order.
+  for (unsigned long g = total; g-- > 0;) {
+    launch.gid[0] = g % launch.ngroups[0];
+    launch.gid[1] = (g / launch.ngroups[0]) % launch.ngroups[1];
+    launch.gid[2] = g / ((unsigned long)launch.ngroups[0] * launch.ngroups[1]);
+    unsigned actual[3];
+    for (int d = 0; d < 3; ++d) {
+      const unsigned start = launch.gid[d] * group[d];
+      actual[d] = grid[d] - start < group[d] ? grid[d] - start : group[d];
+    }
+    launch.n = actual[0] * actual[1] * actual[2];
+    if (!run_group(actual, (g & 1) == 0)) {
+      status = launch.needs_fibers ? kNeedsFibers : kError;
+      break;
+    }
+  }
+  L = outer;
+  return status;
+}
+
+// ---- kernel arguments ------------------------------------------------------------
+
+template <class T>
+struct as_of {
+  static constexpr int value = 0;
+};
+template <class T, int AS>
+struct as_of<__attribute__((address_space(AS))) T> {
+  static constexpr int value = AS;
+};
+
+enum TypeCode : int {
+  kOther = 0, kFloat, kHalf, kBFloat, kBool, kChar, kUChar, kShort, kUShort, kInt, kUInt, kLong, kULong
+};
+
+template <class E> constexpr int type_code() { return kOther; }
+template <> constexpr int type_code<float>() { return kFloat; }
+template <> constexpr int type_code<half>() { return kHalf; }
+template <> constexpr int type_code<bfloat>() { return kBFloat; }
+template <> constexpr int type_code<bool>() { return kBool; }
+template <> constexpr int type_code<char>() { return kChar; }
+template <> constexpr int type_code<signed char>() { return kChar; }
+template <> constexpr int type_code<uchar>() { return kUChar; }
+template <> constexpr int type_code<short>() { return kShort; }
+template <> constexpr int type_code<ushort>() { return kUShort; }
+template <> constexpr int type_code<int>() { return kInt; }
+template <> constexpr int type_code<uint>() { return kUInt; }
+template <> constexpr int type_code<long>() { return kLong; }
+template <> constexpr int type_code<ulong>() { return kULong; }
+
+enum ParamKind : int { kBuffer = 0, kAttribute = 1 };
+
+// How the host binds one kernel parameter.
+struct ParamInfo {
+  int kind;       // ParamKind
+  int index;      // buffer index, or attribute id
+  int is_pointer; // a buffer passed as T*; otherwise as T&
+  int type_code;  // element type
+  int lanes;      // 1 for scalars
+  int elem_size;  // bytes of one element (one lane for vectors)
+  int addr_space; // 1 device, 2 constant, 3 threadgroup, 0 thread
+  int is_const;
+};
+
+struct Spec {
+  int kind;
+  int index;
+};
+
+template <class P>
+constexpr ParamInfo describe(Spec s) {
+  using R = __remove_reference_t(P);
+  constexpr bool ptr = __is_pointer(R);
+  using Pointee = __remove_cv(__remove_pointer(R));
+  using Q = __remove_cv(typename metal::strip_as<Pointee>::type);
+  using E = typename metal::vinfo<Q>::elem;
+  return ParamInfo{s.kind,
+                   s.index,
+                   ptr,
+                   type_code<__remove_cv(E)>(),
+                   metal::vinfo<Q>::lanes,
+                   (int)sizeof(E),
+                   as_of<__remove_cv(Pointee)>::value,
+                   __is_const(typename metal::strip_as<__remove_cv(Pointee)>::type) ||
+                       __is_const(__remove_pointer(R))};
+}
+
+template <class P>
+inline P attr(int id) {
+  using Q = __remove_cv(__remove_reference_t(P));
+  using E = typename metal::vinfo<Q>::elem;
+  constexpr int lanes = metal::vinfo<Q>::lanes;
+  static_assert(__is_integral(E) && lanes <= 3, "dispatch attributes are uint or ushort scalars or vectors");
+  const unsigned* v = T->a[id];
+  if constexpr (lanes == 1) {
+    return static_cast<E>(v[0]);
+  } else if constexpr (lanes == 2) {
+    return Q{static_cast<E>(v[0]), static_cast<E>(v[1])};
+  } else {
+    return Q{static_cast<E>(v[0]), static_cast<E>(v[1]), static_cast<E>(v[2])};
+  }
+}
+
+template <class P>
+inline P arg(void** bufs, Spec s) {
+  if constexpr (__is_pointer(__remove_reference_t(P))) {
+    return (P)bufs[s.index];
+  } else if constexpr (__is_reference(P)) {
+    return *(__remove_reference_t(P)*)bufs[s.index];
+  } else {
+    return attr<P>(s.index);
+  }
+}
+
+template <class T, T... I>
+struct seq {};
+
+template <class... P, int... I>
+inline void invoke(void (*f)(P...), void** bufs, const Spec* spec, seq<int, I...>) {
+  f(arg<P>(bufs, spec[I])...);
+}
+
+template <class... P>
+inline void invoke(void (*f)(P...), void** bufs, const Spec* spec) {
+  invoke(f, bufs, spec, __make_integer_seq<seq, int, sizeof...(P)>{});
+}
+
+template <class... P, int... I>
+inline void describe_all(void (*)(P...), const Spec* spec, ParamInfo* out, seq<int, I...>) {
+  ((out[I] = describe<P>(spec[I])), ...);
+}
+
+template <class... P>
+constexpr int arity(void (*)(P...)) {
+  return sizeof...(P);
+}
+
+template <class... P>
+inline void describe_all(void (*f)(P...), const Spec* spec, ParamInfo* out) {
+  describe_all(f, spec, out, __make_integer_seq<seq, int, sizeof...(P)>{});
+}
+
+}  // namespace mpsk_rt

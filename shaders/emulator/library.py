@@ -1,0 +1,469 @@
+"""The CPU emulator's shader library, with torch.mps.compile_shader's calling convention.
+
+A launch is all-or-nothing: every buffer is staged into a copy with poisoned
+red zones around it, the kernel runs on the copies, and the results are
+copied back only if the kernel finished cleanly and wrote nothing outside its
+buffers. An error therefore leaves every argument as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import KernelError
+from . import toolchain
+from .prepass import DISPATCH_ATTRIBUTES
+
+MAX_THREADS_PER_THREADGROUP = 1024
+SIMD_WIDTH = 32
+RED_ZONE = 4096
+POISON = 0xFF
+
+# mpsk_rt::TypeCode
+_TYPE_NAMES = {
+    0: "a non-scalar type",
+    1: "float",
+    2: "half",
+    3: "bfloat",
+    4: "bool",
+    5: "char",
+    6: "uchar",
+    7: "short",
+    8: "ushort",
+    9: "int",
+    10: "uint",
+    11: "long",
+    12: "ulong",
+}
+_DTYPE_CODES = {
+    torch.float32: {1},
+    torch.float16: {2},
+    torch.bfloat16: {3},
+    torch.bool: {4, 6},
+    torch.int8: {5},
+    torch.uint8: {6, 5},
+    torch.int16: {7, 8},
+    torch.uint16: {8, 7},
+    torch.int32: {9, 10},
+    torch.uint32: {10, 9},
+    torch.int64: {11, 12},
+    torch.uint64: {12, 11},
+}
+# How a Python scalar is encoded: arg_casts name -> (struct format, type codes it may bind to).
+_CASTS = {
+    "int64": ("q", {11, 12}),
+    "float32": ("f", {1}),
+    "fp16": ("e", {2}),
+    "bf16": (None, {3}),
+    "int32": ("i", {9, 10}),
+    "int16": ("h", {7, 8}),
+    "int8": ("b", {5, 6}),
+    "uint8": ("B", {6, 5}),
+}
+
+
+class _ParamInfo(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("index", ctypes.c_int),
+        ("is_pointer", ctypes.c_int),
+        ("type_code", ctypes.c_int),
+        ("lanes", ctypes.c_int),
+        ("elem_size", ctypes.c_int),
+        ("addr_space", ctypes.c_int),
+        ("is_const", ctypes.c_int),
+    ]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    kind: str  # "buffer" | "attribute"
+    index: int
+    is_pointer: bool
+    type_code: int
+    lanes: int
+    elem_size: int
+    addr_space: int
+    is_const: bool
+
+    @property
+    def type_name(self) -> str:
+        base = _TYPE_NAMES.get(self.type_code, "?")
+        return base + (str(self.lanes) if self.lanes > 1 else "")
+
+    @property
+    def attribute(self) -> str:
+        return DISPATCH_ATTRIBUTES[self.index]
+
+
+def _bf16_bytes(values: Sequence[float]) -> bytes:
+    t = torch.tensor(list(values), dtype=torch.float32).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().tobytes()
+
+
+def _encode_scalars(values: Sequence[int | float], cast: str) -> bytes:
+    fmt = _CASTS[cast][0]
+    if fmt is None:
+        return _bf16_bytes(values)
+    try:
+        return struct.pack(f"<{len(values)}{fmt}", *values)
+    except struct.error as e:
+        raise ValueError(f"value out of range for {cast}: {e}") from None
+
+
+def _normalize_dims(value, what: str) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise TypeError(f"{what} must be an int or a list of 1 to 3 ints, got {type(value).__name__}")
+    dims = [value] if isinstance(value, int) else list(value)
+    if not 1 <= len(dims) <= 3:
+        raise ValueError(f"{what} must have 1 to 3 dimensions, got {len(dims)}")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"{what} entries must be ints, got {type(d).__name__}")
+        if d < 1:
+            raise ValueError(f"{what} entries must be positive, got {dims}")
+        if d >= 2**32:
+            raise ValueError(f"{what} entries must be below 2**32, got {dims}")
+    return dims
+
+
+class _Staged:
+    """A staging copy of one storage (or one scalar argument) between red zones."""
+
+    def __init__(self, payload: bytes | None = None, base: int = 0, length: int = 0):
+        self.base = base  # address of the user's bytes, 0 for scalars
+        self.length = len(payload) if payload is not None else length
+        self.buf = torch.full((RED_ZONE + self.length + RED_ZONE,), POISON, dtype=torch.uint8)
+        self.addr = self.buf.data_ptr() + RED_ZONE
+        self.payload = payload
+        self.refill()
+
+    def refill(self) -> None:
+        if self.payload is not None:
+            ctypes.memmove(self.addr, self.payload, self.length)
+        elif self.length:
+            ctypes.memmove(self.addr, self.base, self.length)
+
+    def overrun(self) -> tuple[str, int] | None:
+        """Where a red zone was written, as ("before"|"after", byte offset), if anywhere."""
+        lo = self.buf[:RED_ZONE]
+        hi = self.buf[RED_ZONE + self.length :]
+        bad = (lo != POISON).nonzero()
+        if len(bad):
+            return "before", RED_ZONE - int(bad[0])
+        bad = (hi != POISON).nonzero()
+        if len(bad):
+            return "after", self.length + int(bad[0])
+        return None
+
+    def write_back(self) -> None:
+        if self.payload is None and self.length:
+            ctypes.memmove(self.base, self.addr, self.length)
+
+
+class EmulatedKernel:
+    """One kernel function of an emulated library (torch's `_mps_MetalKernel`)."""
+
+    def __init__(self, library: EmulatedLibrary, entry: int, name: str):
+        self._lib = library
+        self._entry = entry
+        self.name = name
+        dll = library._dll
+        n = dll.mpsk_entry_nparams(entry)
+        raw = (_ParamInfo * max(n, 1))()
+        dll.mpsk_entry_params(entry, raw)
+        self.params = [
+            ParamInfo(
+                "buffer" if p.kind == 0 else "attribute",
+                p.index,
+                bool(p.is_pointer),
+                p.type_code,
+                p.lanes,
+                p.elem_size,
+                p.addr_space,
+                bool(p.is_const),
+            )
+            for p in raw[:n]
+        ]
+        self.buffers = sorted((p for p in self.params if p.kind == "buffer"), key=lambda p: p.index)
+        self._max_threads = min(MAX_THREADS_PER_THREADGROUP, dll.mpsk_entry_max_threads(entry))
+        self._tgmem = dll.mpsk_entry_tgmem(entry)
+        self._fibers = False
+
+    @property
+    def max_threads_per_threadgroup(self) -> int:
+        return self._max_threads
+
+    @property
+    def thread_execution_width(self) -> int:
+        return SIMD_WIDTH
+
+    @property
+    def static_thread_group_memory_length(self) -> int:
+        return self._tgmem
+
+    def __repr__(self) -> str:
+        return f"<emulated Metal kernel '{self.name}'>"
+
+    # -- the compile_shader convenience call ----------------------------------------
+    def __call__(self, *args, threads=None, group_size=None, arg_casts=None) -> None:
+        casts = self._parse_casts(arg_casts, len(args))
+        threads_dims = _normalize_dims(threads, "threads")
+        if threads_dims is None:
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if first is None:
+                raise ValueError(
+                    f"kernel '{self.name}': threads is required when no argument is a tensor"
+                )
+            threads_dims = [first.numel()]
+            if threads_dims[0] == 0:
+                raise ValueError(
+                    f"kernel '{self.name}': threads defaults to the first tensor's numel, which is 0; "
+                    f"a dispatch needs at least one thread"
+                )
+        group_dims = _normalize_dims(group_size, "group_size")
+        self.dispatch(dict(enumerate(args)), threads_dims, group_dims, casts)
+
+    def _parse_casts(self, arg_casts, nargs: int) -> dict[int, str]:
+        if arg_casts is None:
+            return {}
+        if isinstance(arg_casts, str):
+            arg_casts = dict.fromkeys(range(nargs), arg_casts)
+        if not isinstance(arg_casts, dict):
+            raise TypeError(
+                f"arg_casts must be None, a str or a dict of index to str, got {type(arg_casts).__name__}"
+            )
+        out = {}
+        for idx, cast in arg_casts.items():
+            if not isinstance(idx, int) or not isinstance(cast, str):
+                raise TypeError(f"arg_casts entries must be int: str, got {idx!r}: {cast!r}")
+            if cast not in _CASTS or cast in ("int64", "float32"):
+                allowed = ", ".join(c for c in _CASTS if c not in ("int64", "float32"))
+                raise ValueError(f"unsupported cast {cast!r} in arg_casts; one of {allowed}")
+            out[idx] = cast
+        return out
+
+    # -- binding and launch ------------------------------------------------------------
+    def dispatch(
+        self,
+        args: dict[int, object],
+        threads: list[int],
+        group_size: list[int] | None = None,
+        casts: dict[int, str] | None = None,
+    ) -> None:
+        """Runs the kernel with `args` bound by buffer index; nothing changes if it fails."""
+        casts = casts or {}
+        grid, group = self._launch_shape(threads, group_size)
+        self._check_attributes(len(threads))
+        bindings = self._bind(args, casts)
+        self._launch(bindings, grid, group)
+
+    def _launch_shape(self, threads: list[int], group_size: list[int] | None):
+        if group_size is not None and len(group_size) != len(threads):
+            raise ValueError(
+                f"kernel '{self.name}': threads has {len(threads)} dimensions but group_size has "
+                f"{len(group_size)}"
+            )
+        if group_size is None:
+            group_size = [min(threads[0], self._max_threads)] if len(threads) == 1 else [self._max_threads]
+        grid = list(threads) + [1] * (3 - len(threads))
+        group = list(group_size) + [1] * (3 - len(group_size))
+        total = group[0] * group[1] * group[2]
+        if total > self._max_threads:
+            raise ValueError(
+                f"kernel '{self.name}': threadgroup size {group_size} ({total} threads) exceeds the "
+                f"kernel's limit of {self._max_threads}"
+            )
+        return grid, group
+
+    def _check_attributes(self, ndims: int) -> None:
+        for p in self.params:
+            if p.kind != "attribute":
+                continue
+            is_3d = p.index <= DISPATCH_ATTRIBUTES.index("threads_per_grid")
+            if is_3d and p.lanes == 1 and ndims > 1:
+                raise ValueError(
+                    f"kernel '{self.name}' declares [[{p.attribute}]] as a scalar but the dispatch "
+                    f"has {ndims} dimensions; declare it uint{ndims}"
+                )
+            if is_3d and p.lanes > 1 and p.lanes < ndims:
+                raise ValueError(
+                    f"kernel '{self.name}' declares [[{p.attribute}]] with {p.lanes} components but "
+                    f"the dispatch has {ndims} dimensions"
+                )
+
+    def _bind(self, args: dict[int, object], casts: dict[int, str]) -> dict[int, object]:
+        expected = [p.index for p in self.buffers]
+        given = sorted(args)
+        if given != expected:
+            raise TypeError(
+                f"kernel '{self.name}' takes buffers {expected} but got arguments for {given}"
+            )
+        for idx in casts:
+            if idx not in args:
+                raise ValueError(f"arg_casts names argument {idx}, which kernel '{self.name}' lacks")
+        by_index = {p.index: p for p in self.buffers}
+        bindings: dict[int, object] = {}
+        for idx, value in args.items():
+            p = by_index[idx]
+            how = "pointer" if p.is_pointer else "reference"
+            where = f"kernel '{self.name}' argument {idx} ({how} to {p.type_name})"
+            if isinstance(value, torch.Tensor):
+                if idx in casts:
+                    raise TypeError(f"{where}: arg_casts applies to scalars and lists, not tensors")
+                self._check_tensor(value, p, where)
+                bindings[idx] = value
+                continue
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    raise ValueError(f"{where}: an empty list cannot be a kernel argument")
+                values = list(value)
+            elif isinstance(value, (bool, int, float)):
+                values = [value]
+            else:
+                raise TypeError(f"{where}: unsupported argument type {type(value).__name__}")
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                default = "int64"
+            elif all(isinstance(v, float) for v in values):
+                default = "float32"
+            else:
+                raise TypeError(f"{where}: a list must hold only ints or only floats, got {values!r}")
+            cast = casts.get(idx, default)
+            fmt_codes = _CASTS[cast][1]
+            if p.type_code and p.type_code not in fmt_codes:
+                raise TypeError(
+                    f"{where}: a Python {'int' if default == 'int64' else 'float'} binds as {cast}, "
+                    f"which the kernel would misread as {p.type_name}; match the declaration or pass arg_casts"
+                )
+            payload = _encode_scalars(values, cast)
+            if not p.is_pointer and p.type_code and len(payload) < p.elem_size * p.lanes:
+                raise ValueError(f"{where}: needs {p.elem_size * p.lanes} bytes, got {len(payload)}")
+            bindings[idx] = payload
+        return bindings
+
+    def _check_tensor(self, t: torch.Tensor, p: ParamInfo, where: str) -> None:
+        if t.device.type != "cpu":
+            raise ValueError(f"{where}: the emulator runs on CPU tensors, got a tensor on {t.device}")
+        if t.dtype not in _DTYPE_CODES:
+            raise TypeError(f"{where}: Metal has no {t.dtype} buffers")
+        if p.type_code and p.type_code not in _DTYPE_CODES[t.dtype]:
+            raise TypeError(f"{where}: got a {t.dtype} tensor, which the kernel would misread as {p.type_name}")
+        if not p.is_pointer and p.type_code:
+            available = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+            if available < p.elem_size * p.lanes:
+                raise ValueError(f"{where}: the tensor holds {available} bytes, fewer than one element")
+
+    def _launch(self, bindings: dict[int, object], grid: list[int], group: list[int]) -> None:
+        staged: dict[int, _Staged] = {}  # by storage address, or id for scalars
+        pointers: dict[int, int] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        for value in bindings.values():
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                base = storage.data_ptr()
+                start = value.data_ptr()
+                lo, hi = spans.get(base, (start, base + storage.nbytes()))
+                spans[base] = (min(lo, start), hi)
+        for base, (lo, hi) in spans.items():
+            staged[base] = _Staged(base=lo, length=hi - lo)
+        owners: dict[int, tuple[_Staged, str]] = {}
+        for idx, value in bindings.items():
+            if isinstance(value, torch.Tensor):
+                s = staged[value.untyped_storage().data_ptr()]
+                pointers[idx] = s.addr + (value.data_ptr() - s.base)
+                owners[idx] = (s, f"a {value.dtype} tensor of shape {tuple(value.shape)}")
+            else:
+                s = _Staged(payload=value)
+                staged[-idx - 1] = s
+                pointers[idx] = s.addr
+                owners[idx] = (s, f"a {len(value)}-byte scalar argument")
+        nbuf = max(pointers, default=-1) + 1
+        bufs = (ctypes.c_void_p * max(nbuf, 1))(*[pointers.get(i) for i in range(nbuf)])
+        grid_c = (ctypes.c_uint * 3)(*grid)
+        group_c = (ctypes.c_uint * 3)(*group)
+        err = ctypes.create_string_buffer(1024)
+        dll = self._lib._dll
+        status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, int(self._fibers), err, len(err))
+        if status == 2:
+            self._fibers = True
+            for s in staged.values():
+                s.refill()
+            err = ctypes.create_string_buffer(1024)
+            status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, 1, err, len(err))
+        if status != 0:
+            raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}")
+        for idx in sorted(owners):
+            s, what = owners[idx]
+            bad = s.overrun()
+            if bad is not None:
+                side, offset = bad
+                if side == "before":
+                    detail = f"{offset} bytes before the start of its buffer"
+                else:
+                    detail = f"at byte {offset} of a buffer that ends at byte {s.length}"
+                raise KernelError(
+                    f"kernel '{self.name}' wrote out of bounds of argument {idx} ({what}): {detail}; "
+                    f"no argument was changed"
+                )
+        for s in staged.values():
+            s.write_back()
+
+
+class EmulatedLibrary:
+    """A compiled shader library on the CPU emulator (torch's `_mps_ShaderLibrary`)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.path = toolchain.build(source)
+        dll = ctypes.CDLL(str(self.path))
+        dll.mpsk_num_entries.restype = ctypes.c_int
+        dll.mpsk_entry_name.restype = ctypes.c_char_p
+        dll.mpsk_entry_name.argtypes = [ctypes.c_int]
+        dll.mpsk_entry_nparams.argtypes = [ctypes.c_int]
+        dll.mpsk_entry_tgmem.restype = ctypes.c_ulong
+        dll.mpsk_entry_tgmem.argtypes = [ctypes.c_int]
+        dll.mpsk_entry_max_threads.argtypes = [ctypes.c_int]
+        dll.mpsk_entry_params.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        dll.mpsk_attr_name.restype = ctypes.c_char_p
+        dll.mpsk_attr_name.argtypes = [ctypes.c_int]
+        dll.mpsk_launch.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        self._dll = dll
+        self._kernels = {}
+        for e in range(dll.mpsk_num_entries()):
+            name = dll.mpsk_entry_name(e).decode()
+            self._kernels[name] = EmulatedKernel(self, e, name)
+
+    def __getattr__(self, name: str) -> EmulatedKernel:
+        kernels = self.__dict__.get("_kernels", {})
+        if name in kernels:
+            return kernels[name]
+        raise AttributeError(
+            f"shader library has no kernel '{name}'; it has {sorted(kernels) or 'none'}"
+        )
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._kernels)
+
+    def attribute_names(self) -> list[str]:
+        """The dispatch attributes the compiled runtime knows, in id order."""
+        out = []
+        i = 0
+        while (name := self._dll.mpsk_attr_name(i)) is not None:
+            out.append(name.decode())
+            i += 1
+        return out

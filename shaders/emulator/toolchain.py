@@ -1,0 +1,145 @@
+"""Builds Metal source into a shared library with clang from the ziglang wheel.
+
+Built libraries are cached on disk, keyed by a hash of the source, the compiler
+flags, the compatibility headers and this package's pre-pass, so a second run
+compiles nothing. The cache lives in $MPSK_CACHE_DIR, else
+$XDG_CACHE_HOME/mps_inductor_ext/emulator, else ~/.cache/mps_inductor_ext/emulator.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import prepass
+
+INCLUDE_DIR = Path(__file__).parent / "include"
+
+PREPROCESS_FLAGS = (
+    "-E",
+    "-x", "c++",
+    "-std=c++20",
+    "-nostdinc",
+    "-nostdinc++",
+    "-D__METAL_VERSION__=310",
+    "-D__METAL__=1",
+    "-D__HAVE_BFLOAT__=1",
+    "-D__HAVE_SIMDGROUP_MATRIX__=1",
+)
+
+# Strict IEEE arithmetic (no contraction, no fast math), half and bfloat rounded
+# after every operation as the GPU does, and locals that start poisoned.
+COMPILE_FLAGS = (
+    "-x", "c++",
+    "-std=c++20",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-nostdlib++",
+    "-fno-exceptions",
+    "-fno-rtti",
+    "-fvisibility=hidden",
+    "-ffp-contract=off",
+    "-ftrivial-auto-var-init=pattern",
+    "-Xclang", "-ffloat16-excess-precision=none",
+    "-Xclang", "-fbfloat16-excess-precision=none",
+    "-Wno-unknown-attributes",
+    "-Wno-duplicate-decl-specifier",
+    "-Wno-unused-command-line-argument",
+    "-Wno-c++17-extensions",
+)
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MPSK_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mps_inductor_ext" / "emulator"
+
+
+@functools.cache
+def zig_executable() -> str:
+    try:
+        import ziglang
+    except ImportError as e:  # pragma: no cover - ziglang is a dependency
+        raise RuntimeError(
+            "the Metal emulator needs clang from the 'ziglang' package: pip install ziglang"
+        ) from e
+    exe = Path(ziglang.__file__).parent / ("zig.exe" if os.name == "nt" else "zig")
+    if not exe.exists():  # pragma: no cover
+        raise RuntimeError(f"ziglang is installed but has no zig executable at {exe}")
+    return str(exe)
+
+
+@functools.cache
+def _toolchain_fingerprint() -> str:
+    h = hashlib.sha256()
+    for path in sorted(INCLUDE_DIR.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(INCLUDE_DIR).as_posix().encode())
+            h.update(path.read_bytes())
+    h.update(Path(prepass.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    version = subprocess.run(
+        [zig_executable(), "version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    h.update(version.encode())
+    return h.hexdigest()
+
+
+def _clean_diagnostics(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if "argument unused during compilation" not in ln]
+    return "\n".join(lines).strip()
+
+
+def library_path(source: str) -> Path:
+    key = hashlib.sha256((_toolchain_fingerprint() + "\0" + source).encode()).hexdigest()[:32]
+    return cache_dir() / f"{key}.so"
+
+
+def build(source: str) -> Path:
+    """Returns the path of the built library for `source`, compiling it if not cached.
+
+    Raises SyntaxError with the compiler's message when the source does not compile,
+    as torch.mps.compile_shader does.
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"shader source must be a str, got {type(source).__name__}")
+    out = library_path(source)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mpsk-build-") as tmp:
+        src = Path(tmp) / "shader.metal"
+        src.write_text(source)
+        pre = subprocess.run(
+            [zig_executable(), "c++", *PREPROCESS_FLAGS, "-I", str(INCLUDE_DIR / "stub"), str(src)],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            check=False,
+        )
+        if pre.returncode != 0:
+            raise SyntaxError(_clean_diagnostics(pre.stderr))
+        prepared = prepass.prepare(pre.stdout, filename="shader.metal")
+        cpp = Path(tmp) / "shader.cpp"
+        cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
+        tmp_out = Path(tmp) / "lib.so"
+        cc = subprocess.run(
+            [zig_executable(), "c++", *COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            check=False,
+        )
+        if cc.returncode != 0:
+            raise SyntaxError(_clean_diagnostics(cc.stderr))
+        staged = out.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_bytes(tmp_out.read_bytes())
+        os.replace(staged, out)
+    return out
