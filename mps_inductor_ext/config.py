@@ -1,0 +1,174 @@
+"""Settings of the mpsk backend: pattern switches, Metal emulation, per-op launch policy.
+
+Plain typed attributes of this module, validated on assignment: an unknown key
+or a value of the wrong type raises at once rather than being ignored.
+
+    import mps_inductor_ext
+    mps_inductor_ext.config.emulate_metal = True
+    with mps_inductor_ext.config.patch(emulate_metal=False): ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+PATTERNS = ("rms_norm", "layer_norm", "softmax", "attention", "rope")
+
+
+@dataclasses.dataclass(frozen=True)
+class NormPolicy:
+    """rms_norm and layer_norm: one threadgroup per row."""
+
+    threads_per_row: int = 0  # 0: chosen from the row length
+    max_threads_per_row: int = 1024
+    vector_width: int = 4  # elements per load when the row allows it (1 or 4)
+
+    def __post_init__(self):
+        _check_threads(self.threads_per_row, "threads_per_row", allow_auto=True)
+        _check_threads(self.max_threads_per_row, "max_threads_per_row")
+        if self.vector_width not in (1, 4):
+            raise ValueError(f"vector_width must be 1 or 4, got {self.vector_width}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxPolicy:
+    """softmax: one threadgroup per row; rows longer than `online_above` use the single-read form."""
+
+    threads_per_row: int = 0
+    max_threads_per_row: int = 1024
+    online_above: int = 4096
+
+    def __post_init__(self):
+        _check_threads(self.threads_per_row, "threads_per_row", allow_auto=True)
+        _check_threads(self.max_threads_per_row, "max_threads_per_row")
+        _check_positive(self.online_above, "online_above")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopePolicy:
+    threads_per_group: int = 256
+
+    def __post_init__(self):
+        _check_threads(self.threads_per_group, "threads_per_group")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionPolicy:
+    """Flash-style prefill tiles, and when decode splits the keys into partitions."""
+
+    block_q: int = 16
+    block_kv: int = 32
+    decode_max_q: int = 4  # Sq at or below this takes the decode kernel
+    split_kv_above: int = 1024  # decode splits Skv into partitions above this length
+    partition_size: int = 256
+
+    def __post_init__(self):
+        for name in ("block_q", "block_kv", "decode_max_q", "split_kv_above", "partition_size"):
+            _check_positive(getattr(self, name), name)
+        if self.block_kv % 8 or self.block_q % 8:
+            raise ValueError(f"block_q and block_kv must be multiples of 8, got {self.block_q}, {self.block_kv}")
+        if self.partition_size % 32:
+            raise ValueError(f"partition_size must be a multiple of 32, got {self.partition_size}")
+
+
+def _check_positive(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_threads(value: Any, name: str, allow_auto: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if allow_auto and value == 0:
+        return
+    if not 32 <= value <= 1024 or value % 32:
+        raise ValueError(f"{name} must be a multiple of 32 between 32 and 1024, got {value}")
+
+
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"environment variable {name} must be 0 or 1, got {raw!r}")
+
+
+# Run the Metal kernels on the CPU emulator for CPU tensors (the tests use it).
+emulate_metal: bool = _env_flag("MPSK_EMULATE_METAL")
+# Which pattern families the backend replaces.
+patterns: dict[str, bool] = dict.fromkeys(PATTERNS, True)
+norm: NormPolicy = NormPolicy()
+softmax: SoftmaxPolicy = SoftmaxPolicy()
+rope: RopePolicy = RopePolicy()
+attention: AttentionPolicy = AttentionPolicy()
+
+SETTINGS = ("emulate_metal", "patterns", "norm", "softmax", "rope", "attention")
+_DEFAULTS: dict[str, Any] = {k: globals()[k] for k in SETTINGS}
+_TYPES: dict[str, type] = {k: type(v) for k, v in _DEFAULTS.items()}
+
+
+def _validate(key: str, value: Any) -> Any:
+    if key not in _DEFAULTS:
+        raise AttributeError(f"mps_inductor_ext.config has no setting {key!r}; settings: {list(SETTINGS)}")
+    want = _TYPES[key]
+    if want is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"config.{key} must be a bool, got {value!r}")
+        return value
+    if want is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"config.{key} must be a dict of pattern name to bool, got {value!r}")
+        unknown = set(value) - set(PATTERNS)
+        if unknown:
+            raise ValueError(f"unknown pattern name(s) {sorted(unknown)}; known: {list(PATTERNS)}")
+        bad = {k: v for k, v in value.items() if not isinstance(v, bool)}
+        if bad:
+            raise TypeError(f"config.patterns values must be bools, got {bad}")
+        return {**dict.fromkeys(PATTERNS, True), **value}
+    if not isinstance(value, want):
+        raise TypeError(f"config.{key} must be a {want.__name__}, got {value!r}")
+    return value
+
+
+class _ConfigModule(types.ModuleType):
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key.startswith("_") or key in _MODULE_NAMES:
+            super().__setattr__(key, value)
+            return
+        super().__setattr__(key, _validate(key, value))
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"config settings cannot be deleted ({key!r}); assign a value instead")
+
+
+def snapshot() -> dict[str, Any]:
+    """The current settings, for cache keys and for restoring."""
+    mod = sys.modules[__name__]
+    values = {k: getattr(mod, k) for k in SETTINGS}
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+@contextlib.contextmanager
+def patch(**changes: Any) -> Iterator[None]:
+    """Temporarily changes settings; validated like assignment, restored on exit."""
+    mod = sys.modules[__name__]
+    validated = {k: _validate(k, v) for k, v in changes.items()}
+    before = snapshot()
+    try:
+        for k, v in validated.items():
+            setattr(mod, k, v)
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(mod, k, v)
+
+
+_MODULE_NAMES = frozenset(globals()) - set(SETTINGS) | {"_MODULE_NAMES"}
+sys.modules[__name__].__class__ = _ConfigModule

@@ -1,0 +1,6 @@
+"""The mpsk custom ops (torch.ops.mpsk.*), each backed by a Metal kernel family in shaders/."""
+
+from . import norm
+from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, run_plan
+
+__all__ = ["IntArg", "KernelLaunch", "LaunchPlan", "Scratch", "TensorArg", "norm", "run_plan"]

@@ -1,0 +1,78 @@
+"""What every mpsk op shares: argument checks, where its kernel runs, dtype names."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import config
+
+METAL_DTYPES = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat"}
+FLOAT_DTYPES = (*METAL_DTYPES, torch.float64)
+
+
+def metal_backend(t: torch.Tensor) -> str | None:
+    """The shader backend an op on `t` launches its kernel on, or None for ATen math.
+
+    MPS tensors always take the Metal kernel; CPU tensors take it on the emulator
+    when config.emulate_metal is set (float64 stays on ATen: Metal has no double).
+    """
+    if t.device.type == "mps":
+        return "mps"
+    if t.device.type == "cpu" and config.emulate_metal and t.dtype in METAL_DTYPES:
+        return "cpu"
+    return None
+
+
+def check_tensor(op: str, name: str, t: object, *, min_dim: int = 0, dim: int | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"mpsk.{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"mpsk.{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.device.type == "mps" and t.dtype == torch.float64:
+        raise TypeError(f"mpsk.{op}: {name} is float64, which MPS does not support")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"mpsk.{op}: {name} must have {dim} dimensions, got shape {tuple(t.shape)}")
+    if t.dim() < min_dim:
+        raise ValueError(f"mpsk.{op}: {name} needs at least {min_dim} dimension(s), got shape {tuple(t.shape)}")
+    return t
+
+
+def check_like(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"mpsk.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"mpsk.{op}: {name} is {t.dtype} but {ref_name} is {ref.dtype}; they must match")
+
+
+def check_finite(op: str, value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"mpsk.{op}: {name} must be a finite float, got {value!r}")
+    return float(value)
+
+
+def check_eps(op: str, eps: object) -> float:
+    eps = check_finite(op, eps, "eps")
+    if eps < 0:
+        raise ValueError(f"mpsk.{op}: eps must be non-negative, got {eps!r}")
+    return eps
+
+
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x` as a (rows, last) view with unit column stride and one row stride, copying only if needed."""
+    cols = x.shape[-1]
+    if x.dim() == 1:
+        return x.contiguous().view(1, cols)
+    if x.stride(-1) == 1:
+        try:
+            return x.view(-1, cols)
+        except RuntimeError:
+            pass
+    return x.reshape(-1, cols).contiguous()
+
+
+def vector_aligned(t: torch.Tensor, width: int = 4) -> bool:
+    """Whether every row of a (rows, cols) view starts on a `width`-element boundary."""
+    rows_ok = t.shape[0] <= 1 or t.stride(0) % width == 0
+    return t.shape[-1] % width == 0 and rows_ok and t.storage_offset() % width == 0

@@ -1,0 +1,138 @@
+"""Launch descriptions: everything needed to run an op's Metal kernels, as data.
+
+One op call becomes a `LaunchPlan`: scratch buffers plus one or more kernel
+launches, each naming its specialized source, host name, arguments (tensors by
+name, int64 scalars) in buffer order, grid and group size. Sizes may be sympy
+expressions, so Inductor can render the same plan into generated code. Three
+writers render a plan: `run_plan` here (the eager op, through the shader
+runtime's shim calls), the Python wrapper and the C++ (AOTInductor) wrapper.
+Launch logic is written once, in the op's plan builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import sympy
+import torch
+
+from ..shaders import ShaderLibrary
+
+Size = int | sympy.Expr
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArg:
+    """A tensor bound with set_arg_tensor, by its name in the plan's tensor table."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IntArg:
+    """An int64 scalar bound with set_arg_int."""
+
+    value: Size
+
+
+Arg = TensorArg | IntArg
+
+
+@dataclasses.dataclass(frozen=True)
+class Scratch:
+    """A buffer the plan allocates for itself (partial results between two kernels)."""
+
+    name: str
+    shape: tuple[Size, ...]
+    dtype: torch.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLaunch:
+    source: str
+    kernel: str
+    args: tuple[Arg, ...]
+    threads: tuple[Size, ...]
+    group_size: tuple[Size, ...]
+
+    def __post_init__(self):
+        if not 1 <= len(self.threads) <= 3 or len(self.threads) != len(self.group_size):
+            raise ValueError(
+                f"{self.kernel}: threads {self.threads} and group_size {self.group_size} must have the "
+                f"same 1 to 3 dimensions"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    launches: tuple[KernelLaunch, ...]
+    scratch: tuple[Scratch, ...] = ()
+
+
+def ceil_div(a: Size, b: Size) -> Size:
+    if isinstance(a, int) and isinstance(b, int):
+        return -(-a // b)
+    return sympy.ceiling(sympy.sympify(a) / b)
+
+
+def specialize(template: str, defines: Mapping[str, object]) -> str:
+    """Source for one kernel variant: compile-time constants as #defines ahead of the template.
+
+    Floats are written with `repr` (the shortest exact decimal of the double) and an
+    `f` suffix, so the compiler rounds them to float as PyTorch does.
+    """
+    lines = []
+    for name, value in defines.items():
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, int):
+            text = str(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+            text = f"({value!r}f)"
+        elif isinstance(value, str):
+            text = value
+        else:
+            raise TypeError(f"cannot specialize {name} with {type(value).__name__}")
+        lines.append(f"#define {name} {text}")
+    return "\n".join(lines) + "\n" + template
+
+
+def _concrete(value: Size, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, sympy.Expr) and value.is_number:
+        return int(value)
+    raise ValueError(f"{what} is symbolic ({value}); eager launches need concrete sizes")
+
+
+def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str) -> None:
+    """Runs a plan through the shader runtime's shim calls, as AOTInductor's C++ would."""
+    table = dict(tensors)
+    device = next(iter(table.values())).device if table else torch.device("cpu")
+    for s in plan.scratch:
+        shape = tuple(_concrete(d, f"scratch {s.name}") for d in s.shape)
+        table[s.name] = torch.empty(shape, dtype=s.dtype, device=device)
+    for launch in plan.launches:
+        fn = ShaderLibrary(launch.source, backend).get_kernel_function(launch.kernel)
+        threads = [_concrete(t, f"{launch.kernel} threads") for t in launch.threads]
+        group = [_concrete(g, f"{launch.kernel} group_size") for g in launch.group_size]
+        args: Sequence[Arg] = launch.args
+
+        ints = {
+            i: _concrete(a.value, f"{launch.kernel} argument {i}") for i, a in enumerate(args) if isinstance(a, IntArg)
+        }
+
+        def block(fn=fn, args=args, ints=ints, threads=threads, group=group):
+            fn.start_encoding()
+            for idx, arg in enumerate(args):
+                if isinstance(arg, TensorArg):
+                    fn.set_arg_tensor(idx, table[arg.name])
+                else:
+                    fn.set_arg_int(idx, ints[idx])
+            fn.dispatch(threads, group)
+
+        fn.run_command_block(block)

@@ -1,0 +1,176 @@
+// rms_norm and layer_norm over the last dimension: one threadgroup per row,
+// fp32 accumulation, SIMD-then-threadgroup reductions (reduce.metal).
+//
+// Specialized by the host (ops/norm.py):
+//   VEC          1 or 4: elements per load; 4 only when every row is 4-aligned
+//   NREG         0 for the looped form (rows longer than one pass, read twice),
+//                else the loads per thread kept in registers (row read once)
+//   HAS_WEIGHT, HAS_BIAS, EPS, WEIGHT_OFFSET
+//
+// Buffers (in order): out, x, [weight], [bias], then int64 n_cols,
+// x_row_stride, out_row_stride (in elements).
+
+template <typename T>
+struct NormIO {
+  // Loads VEC elements starting at column c of a row as floats.
+  static inline void load(const device T* row, long c, thread float* dst) {
+#if VEC == 4
+    const float4 v = float4(*(const device vec<T, 4>*)(row + c));
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+#else
+    dst[0] = float(row[c]);
+#endif
+  }
+
+  static inline void store(device T* row, long c, thread const float* src) {
+#if VEC == 4
+    *(device vec<T, 4>*)(row + c) = vec<T, 4>(float4(src[0], src[1], src[2], src[3]));
+#else
+    row[c] = T(src[0]);
+#endif
+  }
+};
+
+// Scale and shift applied to normalized column c + j.
+template <typename T>
+inline float affine(float y, long col, const device T* w, const device T* b) {
+#if HAS_WEIGHT
+  y *= float(w[col]) + WEIGHT_OFFSET;
+#endif
+#if HAS_BIAS
+  y += float(b[col]);
+#endif
+  return y;
+}
+
+#define NORM_PARAMS                                   \
+  device T* out, const device T* x,                   \
+  NORM_WEIGHT_PARAM NORM_BIAS_PARAM                   \
+  constant long& n_cols, constant long& x_row_stride, \
+  constant long& out_row_stride,                      \
+  uint row [[threadgroup_position_in_grid]],          \
+  uint tid [[thread_position_in_threadgroup]],        \
+  uint tg_size [[threads_per_threadgroup]],           \
+  uint lane [[thread_index_in_simdgroup]],            \
+  uint simd_id [[simdgroup_index_in_threadgroup]],    \
+  uint n_simd [[simdgroups_per_threadgroup]]
+
+#if HAS_WEIGHT
+#define NORM_WEIGHT_PARAM const device T* w,
+#define NORM_W w
+#else
+#define NORM_WEIGHT_PARAM
+#define NORM_W nullptr
+#endif
+#if HAS_BIAS
+#define NORM_BIAS_PARAM const device T* b,
+#define NORM_B b
+#else
+#define NORM_BIAS_PARAM
+#define NORM_B nullptr
+#endif
+
+// Writes affine(x * scale - shift) for the row, from registers or by re-reading.
+template <typename T>
+inline void write_row(device T* y, const device T* xr, thread float* vals, long n_cols, uint tid, uint tg_size,
+                      float scale, float shift, const device T* w, const device T* b) {
+  float tmp[VEC];
+#if NREG > 0
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>(vals[r * VEC + j] * scale - shift, c + j, w, b);
+      NormIO<T>::store(y, c, tmp);
+    }
+  }
+#else
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    NormIO<T>::load(xr, c, tmp);
+    for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>(tmp[j] * scale - shift, c + j, w, b);
+    NormIO<T>::store(y, c, tmp);
+  }
+#endif
+}
+
+template <typename T>
+kernel void rms_norm(NORM_PARAMS) {
+  threadgroup float scratch[32];
+  const device T* xr = x + long(row) * x_row_stride;
+  device T* y = out + long(row) * out_row_stride;
+  float vals[NREG > 0 ? NREG * VEC : 1];
+  float acc = 0.0f;
+#if NREG > 0
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      NormIO<T>::load(xr, c, vals + r * VEC);
+      for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] * vals[r * VEC + j];
+    }
+  }
+#else
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    float tmp[VEC];
+    NormIO<T>::load(xr, c, tmp);
+    for (int j = 0; j < VEC; ++j) acc += tmp[j] * tmp[j];
+  }
+#endif
+  const float total = threadgroup_sum(acc, scratch, lane, simd_id, n_simd);
+  const float inv_rms = rsqrt(total / float(n_cols) + EPS);
+  write_row<T>(y, xr, vals, n_cols, tid, tg_size, inv_rms, 0.0f, NORM_W, NORM_B);
+}
+
+template <typename T>
+kernel void layer_norm(NORM_PARAMS) {
+  threadgroup float scratch[32];
+  const device T* xr = x + long(row) * x_row_stride;
+  device T* y = out + long(row) * out_row_stride;
+  float vals[NREG > 0 ? NREG * VEC : 1];
+  float acc = 0.0f;
+#if NREG > 0
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      NormIO<T>::load(xr, c, vals + r * VEC);
+      for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j];
+    }
+  }
+#else
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    float tmp[VEC];
+    NormIO<T>::load(xr, c, tmp);
+    for (int j = 0; j < VEC; ++j) acc += tmp[j];
+  }
+#endif
+  const float mean = threadgroup_sum(acc, scratch, lane, simd_id, n_simd) / float(n_cols);
+  // Variance from deviations (two passes), stable where E[x^2] - mean^2 is not.
+  float dev = 0.0f;
+#if NREG > 0
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      for (int j = 0; j < VEC; ++j) dev += (vals[r * VEC + j] - mean) * (vals[r * VEC + j] - mean);
+    }
+  }
+#else
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    float tmp[VEC];
+    NormIO<T>::load(xr, c, tmp);
+    for (int j = 0; j < VEC; ++j) dev += (tmp[j] - mean) * (tmp[j] - mean);
+  }
+#endif
+  const float var = threadgroup_sum(dev, scratch, lane, simd_id, n_simd) / float(n_cols);
+  const float rstd = rsqrt(var + EPS);
+  write_row<T>(y, xr, vals, n_cols, tid, tg_size, rstd, mean * rstd, NORM_W, NORM_B);
+}
+
+#define INSTANTIATE_NORM(name, T, host) \
+  template [[host_name(host)]] [[kernel]] decltype(name<T>) name<T>;
+INSTANTIATE_NORM(rms_norm, float, "rms_norm_float")
+INSTANTIATE_NORM(rms_norm, half, "rms_norm_half")
+INSTANTIATE_NORM(rms_norm, bfloat, "rms_norm_bfloat")
+INSTANTIATE_NORM(layer_norm, float, "layer_norm_float")
+INSTANTIATE_NORM(layer_norm, half, "layer_norm_half")
+INSTANTIATE_NORM(layer_norm, bfloat, "layer_norm_bfloat")
