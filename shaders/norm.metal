@@ -73,23 +73,23 @@ inline float affine(float y, long col, const device T* w, const device T* b) {
 #define NORM_B nullptr
 #endif
 
-// Writes affine(x * scale - shift) for the row, from registers or by re-reading.
+// Writes affine((x - center) * scale) for the row, from registers or by re-reading.
 template <typename T>
 inline void write_row(device T* y, const device T* xr, thread float* vals, long n_cols, uint tid, uint tg_size,
-                      float scale, float shift, const device T* w, const device T* b) {
+                      float center, float scale, const device T* w, const device T* b) {
   float tmp[VEC];
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
     const long c = (long(r) * tg_size + tid) * VEC;
     if (c < n_cols) {
-      for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>(vals[r * VEC + j] * scale - shift, c + j, w, b);
+      for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>((vals[r * VEC + j] - center) * scale, c + j, w, b);
       NormIO<T>::store(y, c, tmp);
     }
   }
 #else
   for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
     NormIO<T>::load(xr, c, tmp);
-    for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>(tmp[j] * scale - shift, c + j, w, b);
+    for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>((tmp[j] - center) * scale, c + j, w, b);
     NormIO<T>::store(y, c, tmp);
   }
 #endif
@@ -119,7 +119,7 @@ kernel void rms_norm(NORM_PARAMS) {
 #endif
   const float total = threadgroup_sum(acc, scratch, lane, simd_id, n_simd);
   const float inv_rms = rsqrt(total / float(n_cols) + EPS);
-  write_row<T>(y, xr, vals, n_cols, tid, tg_size, inv_rms, 0.0f, NORM_W, NORM_B);
+  write_row<T>(y, xr, vals, n_cols, tid, tg_size, 0.0f, inv_rms, NORM_W, NORM_B);
 }
 
 template <typename T>
@@ -128,23 +128,26 @@ kernel void layer_norm(NORM_PARAMS) {
   const device T* xr = x + long(row) * x_row_stride;
   device T* y = out + long(row) * out_row_stride;
   float vals[NREG > 0 ? NREG * VEC : 1];
+  // Sums are taken around the row's first element, so a large common offset
+  // does not swamp the fp32 accumulator.
+  const float pivot = float(xr[0]);
   float acc = 0.0f;
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
     const long c = (long(r) * tg_size + tid) * VEC;
     if (c < n_cols) {
       NormIO<T>::load(xr, c, vals + r * VEC);
-      for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j];
+      for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] - pivot;
     }
   }
 #else
   for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
     float tmp[VEC];
     NormIO<T>::load(xr, c, tmp);
-    for (int j = 0; j < VEC; ++j) acc += tmp[j];
+    for (int j = 0; j < VEC; ++j) acc += tmp[j] - pivot;
   }
 #endif
-  const float mean = threadgroup_sum(acc, scratch, lane, simd_id, n_simd) / float(n_cols);
+  const float mean = pivot + threadgroup_sum(acc, scratch, lane, simd_id, n_simd) / float(n_cols);
   // Variance from deviations (two passes), stable where E[x^2] - mean^2 is not.
   float dev = 0.0f;
 #if NREG > 0
@@ -163,7 +166,7 @@ kernel void layer_norm(NORM_PARAMS) {
 #endif
   const float var = threadgroup_sum(dev, scratch, lane, simd_id, n_simd) / float(n_cols);
   const float rstd = rsqrt(var + EPS);
-  write_row<T>(y, xr, vals, n_cols, tid, tg_size, rstd, mean * rstd, NORM_W, NORM_B);
+  write_row<T>(y, xr, vals, n_cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
 }
 
 #define INSTANTIATE_NORM(name, T, host) \

@@ -19,3 +19,14 @@ def emulate():
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """An output buffer poisoned with NaN, so elements a kernel never writes are caught."""
     return torch.full_like(t, float("nan"))
+
+
+# The kernels-and-ops issue's tolerances (rtol = atol) per dtype.
+TOLERANCES = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def assert_close_dtype(got: torch.Tensor, ref: torch.Tensor, tol: float | None = None) -> None:
+    """Compares in float32 with the dtype's tolerance; NaN in `got` (an unwritten element) fails."""
+    tol = TOLERANCES[got.dtype] if tol is None else tol
+    assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=tol, atol=tol)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -10,6 +13,31 @@ from .. import config
 
 METAL_DTYPES = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat"}
 FLOAT_DTYPES = (*METAL_DTYPES, torch.float64)
+
+
+_poison = threading.local()
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    """Makes Metal-path ops allocate outputs and scratch filled with NaN (tests use it).
+
+    A kernel that fails to write an element then leaves a NaN the comparison catches,
+    where torch.empty would leave whatever was in memory.
+    """
+    before = getattr(_poison, "on", False)
+    _poison.on = True
+    try:
+        yield
+    finally:
+        _poison.on = before
+
+
+def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialized output or scratch buffer (NaN-filled under poisoned_outputs)."""
+    if getattr(_poison, "on", False):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def metal_backend(t: torch.Tensor) -> str | None:

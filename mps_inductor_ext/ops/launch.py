@@ -19,6 +19,7 @@ import sympy
 import torch
 
 from ..shaders import ShaderLibrary
+from .common import new_buffer
 
 Size = int | sympy.Expr
 
@@ -115,7 +116,7 @@ def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str
     device = next(iter(table.values())).device if table else torch.device("cpu")
     for s in plan.scratch:
         shape = tuple(_concrete(d, f"scratch {s.name}") for d in s.shape)
-        table[s.name] = torch.empty(shape, dtype=s.dtype, device=device)
+        table[s.name] = new_buffer(shape, s.dtype, device)
     for launch in plan.launches:
         fn = ShaderLibrary(launch.source, backend).get_kernel_function(launch.kernel)
         threads = [_concrete(t, f"{launch.kernel} threads") for t in launch.threads]

@@ -17,6 +17,7 @@ from .common import (
     check_like,
     check_tensor,
     metal_backend,
+    new_buffer,
     vector_aligned,
 )
 from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
@@ -67,7 +68,7 @@ def norm_plan(
 def _run_metal(kind, x, weight, bias, eps, weight_offset, backend) -> torch.Tensor:
     rows_in = as_rows(x)
     rows, cols = rows_in.shape
-    out = torch.empty((rows, cols), dtype=x.dtype, device=x.device)
+    out = new_buffer((rows, cols), x.dtype, x.device)
     if rows == 0 or cols == 0:
         return out.view(x.shape)
     plan = norm_plan(
@@ -106,12 +107,15 @@ def rms_norm_reference(x, weight, eps, weight_offset=0.0):
     return y.to(x.dtype)
 
 
-@torch.library.custom_op("mpsk::rms_norm", mutates_args=())
-def rms_norm(input: torch.Tensor, weight: torch.Tensor | None, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+def _check_rms_norm(input, weight, eps, weight_offset) -> tuple[float, float]:
     check_tensor("rms_norm", "input", input, min_dim=1)
     _check_affine("rms_norm", input, "weight", weight)
-    eps = check_eps("rms_norm", eps)
-    weight_offset = check_finite("rms_norm", weight_offset, "weight_offset")
+    return check_eps("rms_norm", eps), check_finite("rms_norm", weight_offset, "weight_offset")
+
+
+@torch.library.custom_op("mpsk::rms_norm", mutates_args=())
+def rms_norm(input: torch.Tensor, weight: torch.Tensor | None, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+    eps, weight_offset = _check_rms_norm(input, weight, eps, weight_offset)
     backend = metal_backend(input)
     if backend is None:
         return rms_norm_reference(input, weight, eps, weight_offset)
@@ -120,6 +124,7 @@ def rms_norm(input: torch.Tensor, weight: torch.Tensor | None, eps: float, weigh
 
 @rms_norm.register_fake
 def _(input, weight, eps, weight_offset=0.0):
+    _check_rms_norm(input, weight, eps, weight_offset)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
@@ -147,12 +152,16 @@ def _rms_norm_backward(ctx, grad):
 rms_norm.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
 
 
-@torch.library.custom_op("mpsk::layer_norm", mutates_args=())
-def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _check_layer_norm(input, weight, bias, eps) -> float:
     check_tensor("layer_norm", "input", input, min_dim=1)
     _check_affine("layer_norm", input, "weight", weight)
     _check_affine("layer_norm", input, "bias", bias)
-    eps = check_eps("layer_norm", eps)
+    return check_eps("layer_norm", eps)
+
+
+@torch.library.custom_op("mpsk::layer_norm", mutates_args=())
+def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    eps = _check_layer_norm(input, weight, bias, eps)
     backend = metal_backend(input)
     if backend is None:
         return torch.nn.functional.layer_norm(input, (input.shape[-1],), weight, bias, eps)
@@ -161,6 +170,7 @@ def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Ten
 
 @layer_norm.register_fake
 def _(input, weight, bias, eps):
+    _check_layer_norm(input, weight, bias, eps)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 

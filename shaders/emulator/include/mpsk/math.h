@@ -222,6 +222,21 @@ inline bool signbit(T x)
   return __builtin_signbit(static_cast<float>(x));
 }
 
+// Metal's relational functions on vectors answer lane by lane, as a bool vector.
+#define MPSK_VECTOR_TEST(name)                                        \
+  template <class T>                                                  \
+    requires(is_vector_v<T> && math_detail::is_float<T>)              \
+  inline boolvec<vinfo<T>::lanes> name(T x) {                         \
+    boolvec<vinfo<T>::lanes> r{};                                     \
+    for (int i = 0; i < vinfo<T>::lanes; ++i) r[i] = name(x[i]);      \
+    return r;                                                         \
+  }
+MPSK_VECTOR_TEST(isnan)
+MPSK_VECTOR_TEST(isinf)
+MPSK_VECTOR_TEST(isfinite)
+MPSK_VECTOR_TEST(signbit)
+#undef MPSK_VECTOR_TEST
+
 template <class T>
   requires math_detail::is_float<T>
 inline typename vinfo<T>::elem dot(T a, T b) {

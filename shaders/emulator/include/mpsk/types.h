@@ -21,7 +21,7 @@ typedef _Float16 half;
 typedef __bf16 bfloat;
 typedef __SIZE_TYPE__ size_t;
 typedef __PTRDIFF_TYPE__ ptrdiff_t;
-typedef signed char int8_t;
+typedef char int8_t;  // signed char is reserved for bool vector lanes
 typedef short int16_t;
 typedef int int32_t;
 typedef long int64_t;
@@ -45,8 +45,25 @@ MPSK_VECTORS(int)
 MPSK_VECTORS(uint)
 MPSK_VECTORS(long)
 MPSK_VECTORS(ulong)
-MPSK_VECTORS(bool)
 #undef MPSK_VECTORS
+// bool2/3/4 are vectors of signed char lanes holding 0 or 1, not clang's bool
+// vectors: those are bit-packed (sizeof(bool4) == 1 where Metal has 4), reject
+// swizzles (b.x), and clang 22 miscompiles writes to their lanes at -O2.
+// signed char appears nowhere else (char4 is char, int8_t is char), so a
+// signed char lane always means a bool lane.
+typedef signed char bool2 __attribute__((ext_vector_type(2)));
+typedef signed char bool3 __attribute__((ext_vector_type(3)));
+typedef signed char bool4 __attribute__((ext_vector_type(4)));
+
+// float -> bfloat rounding (to nearest even, NaN stays NaN). Clang calls this
+// compiler-rt routine for every bfloat store and operation, and the compiler-rt
+// zig links does not provide it.
+extern "C" __attribute__((weak, visibility("hidden"))) __bf16 __truncsfbf2(float f) {
+  unsigned u = __builtin_bit_cast(unsigned, f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __builtin_bit_cast(__bf16, (unsigned short)((u >> 16) | 0x40u));
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __builtin_bit_cast(__bf16, (unsigned short)(u >> 16));
+}
 
 namespace metal {
 
@@ -83,41 +100,61 @@ struct remove_cvas {
   using type = __remove_cv(typename strip_as<__remove_cv(T)>::type);
 };
 
+template <int N>
+using boolvec = signed char __attribute__((ext_vector_type(N)));
+
 namespace detail {
+
+// One lane of a vector with element type E; bool lanes hold 0 or 1 as Metal's bool does.
+template <class E, class X>
+constexpr E lane(const X& x) {
+  if constexpr (__is_same(E, signed char)) {
+    return static_cast<bool>(x);
+  } else {
+    return static_cast<E>(x);
+  }
+}
+
+// Lanes of an argument, which may be an lvalue in device, constant or threadgroup memory.
+template <class A>
+using vinfo_of = vinfo<typename remove_cvas<__remove_reference_t(A)>::type>;
 
 template <class E, class A>
 constexpr void vfill(E* out, int& at, const A& a) {
-  using I = vinfo<__remove_cvref(A)>;
+  using I = vinfo_of<A>;
   if constexpr (I::lanes == 1) {
-    out[at++] = static_cast<E>(a);
+    out[at++] = lane<E>(a);
   } else {
-    for (int i = 0; i < I::lanes; ++i) out[at++] = static_cast<E>(a[i]);
+    for (int i = 0; i < I::lanes; ++i) out[at++] = lane<E>(a[i]);
   }
 }
 
 template <class A>
-constexpr const A& only(const A& a) {
+constexpr A only(A a) {
   return a;
 }
 
 template <class A>
 constexpr int lanes_of() {
-  return vinfo<__remove_cvref(A)>::lanes;
+  return vinfo_of<A>::lanes;
 }
 
 }  // namespace detail
 
 // Metal vector constructors: float4(x) splats, float4(h4) converts element-wise,
 // float4(v.xy, v.zw) concatenates. The pre-pass rewrites `float4(...)` to this.
+// Arguments are taken by value: a swizzle of a device or constant vector
+// (`p[i].xy`) has an address-space-qualified element type that no reference
+// parameter accepts.
 template <class V, class... A>
-constexpr V vmake(const A&... a) {
+constexpr V vmake(A... a) {
   using E = typename vinfo<V>::elem;
   constexpr int N = vinfo<V>::lanes;
   constexpr int total = (0 + ... + detail::lanes_of<A>());
   if constexpr (sizeof...(A) == 0) {
     return V(E(0));
   } else if constexpr (sizeof...(A) == 1 && total == 1) {
-    return V(static_cast<E>(detail::only(a...)));
+    return V(detail::lane<E>(detail::only(a...)));
   } else {
     static_assert(total == N,
                   "vector constructor: the arguments' components must add up to the vector's size");
@@ -127,7 +164,7 @@ constexpr V vmake(const A&... a) {
     if constexpr (N == 1) {
       return tmp[0];
     } else {
-      V r;
+      V r{};  // `V r;` crashes clang 22 when the result feeds a swizzle assignment
       for (int i = 0; i < N; ++i) r[i] = tmp[i];
       return r;
     }
@@ -136,9 +173,10 @@ constexpr V vmake(const A&... a) {
 
 // static_cast<float4>(h4) in Metal converts element-wise; the pre-pass rewrites it to this.
 template <class V, class A>
-constexpr V vcast(const A& a) {
-  if constexpr (is_vector_v<V> && is_vector_v<A>) {
-    static_assert(vinfo<V>::lanes == vinfo<A>::lanes, "static_cast between vectors of different sizes");
+constexpr V vcast(A a) {
+  if constexpr (is_vector_v<V> && detail::lanes_of<A>() > 1 &&
+                !__is_same(typename vinfo<V>::elem, signed char)) {
+    static_assert(vinfo<V>::lanes == detail::lanes_of<A>(), "static_cast between vectors of different sizes");
     return __builtin_convertvector(a, V);
   } else {
     return vmake<V>(a);
@@ -146,7 +184,7 @@ constexpr V vcast(const A& a) {
 }
 
 template <class To, class From>
-constexpr To as_type(const From& x) {
+constexpr To as_type(From x) {  // by value: see vmake
   static_assert(sizeof(To) == sizeof(From), "as_type: source and destination sizes differ");
   return __builtin_bit_cast(To, x);
 }
