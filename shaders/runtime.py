@@ -29,6 +29,11 @@ def resolve_backend(backend: str) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "mps" if mps_backend.is_available() else "cpu"
+    if backend == "mps" and not mps_backend.is_available():
+        raise RuntimeError(
+            "backend='mps' needs an Apple GPU, but torch.backends.mps.is_available() is False on this "
+            "machine; use backend='cpu' (the emulator) or 'auto'"
+        )
     return backend
 
 

@@ -21,6 +21,8 @@ template [[host_name("fill_float")]] [[kernel]] void fill<float>(device float* o
 template [[host_name("fill_half")]] [[kernel]] decltype(fill<half>) fill<half>;
 #define instantiate(name, T) template [[host_name(name)]] [[kernel]] decltype(fill<T>) fill<T>;
 instantiate("fill_bfloat", bfloat)
+#define instantiate_joined(T) template [[host_name("fill_" #T "_joined")]] [[kernel]] decltype(fill<T>) fill<T>;
+instantiate_joined(int)
 
 namespace ns {
 template <typename T, int N>
@@ -35,7 +37,8 @@ def test_kernel_forms_and_instantiations(emulate):
     """Plain, [[kernel]], and template kernels instantiated the MLX and PyTorch ways."""
     lib = emulate(KERNEL_FORMS)
     assert sorted(dir(lib)) == sorted(
-        ["plain", "attributed", "fill_float", "fill_half", "fill_bfloat", "scaled_int_3", "scaled_float_5"]
+        ["plain", "attributed", "fill_float", "fill_half", "fill_bfloat", "fill_int_joined", "scaled_int_3",
+         "scaled_float_5"]
     )
     i = torch.arange(10)
     for name, value in (("plain", 1.0), ("attributed", 2.0)):

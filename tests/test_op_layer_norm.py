@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_dtype
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
-from conftest import assert_close_dtype
 from mps_inductor_ext import config
 from mps_inductor_ext.config import NormPolicy
 from mps_inductor_ext.ops.common import poisoned_outputs

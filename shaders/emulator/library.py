@@ -113,59 +113,72 @@ def _encode_scalars(values: Sequence[int | float], cast: str) -> bytes:
     try:
         return struct.pack(f"<{len(values)}{fmt}", *values)
     except struct.error as e:
-        raise ValueError(f"value out of range for {cast}: {e}") from None
+        raise ValueError(str(e)) from None
 
 
-def _normalize_dims(value, what: str) -> list[int] | None:
+def _normalize_dims(value, what: str, kernel: str) -> list[int] | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
-        raise TypeError(f"{what} must be an int or a list of 1 to 3 ints, got {type(value).__name__}")
+        raise TypeError(
+            f"kernel '{kernel}': {what} must be an int or a list of 1 to 3 ints, got {type(value).__name__}"
+        )
     dims = [value] if isinstance(value, int) else list(value)
     if not 1 <= len(dims) <= 3:
-        raise ValueError(f"{what} must have 1 to 3 dimensions, got {len(dims)}")
+        raise ValueError(f"kernel '{kernel}': {what} must have 1 to 3 dimensions, got {len(dims)}")
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, int):
-            raise TypeError(f"{what} entries must be ints, got {type(d).__name__}")
+            raise TypeError(f"kernel '{kernel}': {what} entries must be ints, got {type(d).__name__}")
         if d < 1:
-            raise ValueError(f"{what} entries must be positive, got {dims}")
+            raise ValueError(f"kernel '{kernel}': {what} entries must be positive, got {dims}")
         if d >= 2**32:
-            raise ValueError(f"{what} entries must be below 2**32, got {dims}")
+            raise ValueError(f"kernel '{kernel}': {what} entries must be below 2**32, got {dims}")
     return dims
 
 
-class _Staged:
-    """A staging copy of one storage (or one scalar argument) between red zones."""
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from a tensor's first element to the end of its last one (its strides included)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
 
-    def __init__(self, payload: bytes | None = None, base: int = 0, length: int = 0):
-        self.base = base  # address of the user's bytes, 0 for scalars
-        self.length = len(payload) if payload is not None else length
-        self.buf = torch.full((RED_ZONE + self.length + RED_ZONE,), POISON, dtype=torch.uint8)
-        self.addr = self.buf.data_ptr() + RED_ZONE
+
+class _Staged:
+    """A staging copy of the bytes the arguments cover in one storage (or of one scalar
+    argument), between poisoned red zones. Bytes no argument covers (red zones, and gaps
+    between views of one storage) stay poisoned, so reading them gives NaN / -1 and
+    writing them is reported: a kernel may touch only the tensors it was given."""
+
+    def __init__(self, lo: int, length: int, payload: bytes | None = None):
+        self.lo = lo  # address of the user's first covered byte; unused for scalars
+        self.length = length
         self.payload = payload
-        self.refill()
+        self.buf = torch.empty(RED_ZONE + length + RED_ZONE, dtype=torch.uint8)
+        self.covered = torch.zeros(len(self.buf), dtype=torch.bool)
+        self.addr = self.buf.data_ptr() + RED_ZONE
+        self.extents: list[tuple[int, int]] = []  # (offset from lo, length)
+        if payload is not None:
+            self.cover(0, length)
+
+    def cover(self, offset: int, length: int) -> None:
+        self.extents.append((offset, length))
+        self.covered[RED_ZONE + offset : RED_ZONE + offset + length] = True
 
     def refill(self) -> None:
-        if self.payload is not None:
-            ctypes.memmove(self.addr, self.payload, self.length)
-        elif self.length:
-            ctypes.memmove(self.addr, self.base, self.length)
+        self.buf.fill_(POISON)
+        for off, n in self.extents:
+            src = self.payload if self.payload is not None else self.lo + off
+            ctypes.memmove(self.addr + off, src, n)
 
-    def overrun(self) -> tuple[str, int] | None:
-        """Where a red zone was written, as ("before"|"after", byte offset), if anywhere."""
-        lo = self.buf[:RED_ZONE]
-        hi = self.buf[RED_ZONE + self.length :]
-        bad = (lo != POISON).nonzero()
-        if len(bad):
-            return "before", RED_ZONE - int(bad[0])
-        bad = (hi != POISON).nonzero()
-        if len(bad):
-            return "after", self.length + int(bad[0])
-        return None
+    def first_stray_write(self) -> int | None:
+        """Offset from lo of the first written byte that no argument covers, if any."""
+        bad = ((self.buf != POISON) & ~self.covered).nonzero()
+        return int(bad[0]) - RED_ZONE if len(bad) else None
 
     def write_back(self) -> None:
-        if self.payload is None and self.length:
-            ctypes.memmove(self.base, self.addr, self.length)
+        if self.payload is None:
+            for off, n in self.extents:
+                ctypes.memmove(self.lo + off, self.addr + off, n)
 
 
 class EmulatedKernel:
@@ -214,8 +227,8 @@ class EmulatedKernel:
 
     # -- the compile_shader convenience call ----------------------------------------
     def __call__(self, *args, threads=None, group_size=None, arg_casts=None) -> None:
-        casts = self._parse_casts(arg_casts, len(args))
-        threads_dims = _normalize_dims(threads, "threads")
+        casts = self._parse_casts(arg_casts, args)
+        threads_dims = _normalize_dims(threads, "threads", self.name)
         if threads_dims is None:
             first = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if first is None:
@@ -228,25 +241,30 @@ class EmulatedKernel:
                     f"kernel '{self.name}': threads defaults to the first tensor's numel, which is 0; "
                     f"a dispatch needs at least one thread"
                 )
-        group_dims = _normalize_dims(group_size, "group_size")
+        group_dims = _normalize_dims(group_size, "group_size", self.name)
         self.dispatch(dict(enumerate(args)), threads_dims, group_dims, casts)
 
-    def _parse_casts(self, arg_casts, nargs: int) -> dict[int, str]:
+    def _parse_casts(self, arg_casts, args: Sequence) -> dict[int, str]:
+        """arg_casts as {index: cast}. A str casts every scalar and list argument (torch
+        skips tensors); a dict naming a tensor is an error, since the cast could not apply."""
         if arg_casts is None:
             return {}
+        allowed = ", ".join(c for c in _CASTS if c not in ("int64", "float32"))
         if isinstance(arg_casts, str):
-            arg_casts = dict.fromkeys(range(nargs), arg_casts)
+            if arg_casts not in _CASTS or arg_casts in ("int64", "float32"):
+                raise ValueError(f"kernel '{self.name}': unsupported cast {arg_casts!r} in arg_casts; one of {allowed}")
+            return {i: arg_casts for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}
         if not isinstance(arg_casts, dict):
             raise TypeError(
-                f"arg_casts must be None, a str or a dict of index to str, got {type(arg_casts).__name__}"
+                f"kernel '{self.name}': arg_casts must be None, a str or a dict of argument index to str, "
+                f"got {type(arg_casts).__name__}"
             )
         out = {}
         for idx, cast in arg_casts.items():
-            if not isinstance(idx, int) or not isinstance(cast, str):
-                raise TypeError(f"arg_casts entries must be int: str, got {idx!r}: {cast!r}")
+            if isinstance(idx, bool) or not isinstance(idx, int) or not isinstance(cast, str):
+                raise TypeError(f"kernel '{self.name}': arg_casts entries must be int: str, got {idx!r}: {cast!r}")
             if cast not in _CASTS or cast in ("int64", "float32"):
-                allowed = ", ".join(c for c in _CASTS if c not in ("int64", "float32"))
-                raise ValueError(f"unsupported cast {cast!r} in arg_casts; one of {allowed}")
+                raise ValueError(f"kernel '{self.name}': unsupported cast {cast!r} in arg_casts; one of {allowed}")
             out[idx] = cast
         return out
 
@@ -308,7 +326,9 @@ class EmulatedKernel:
             )
         for idx in casts:
             if idx not in args:
-                raise ValueError(f"arg_casts names argument {idx}, which kernel '{self.name}' lacks")
+                raise ValueError(
+                    f"kernel '{self.name}': arg_casts names argument {idx}, but the call has arguments {given}"
+                )
         by_index = {p.index: p for p in self.buffers}
         bindings: dict[int, object] = {}
         for idx, value in args.items():
@@ -325,24 +345,54 @@ class EmulatedKernel:
                 if not value:
                     raise ValueError(f"{where}: an empty list cannot be a kernel argument")
                 values = list(value)
-            elif isinstance(value, (bool, int, float)):
-                values = [value]
             else:
-                raise TypeError(f"{where}: unsupported argument type {type(value).__name__}")
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                values = [value]
+            if any(isinstance(v, torch.Tensor) for v in values):
+                raise TypeError(
+                    f"{where}: a list of tensors (an array of GPU addresses) is not supported by the emulator"
+                )
+            if any(isinstance(v, bool) for v in values):
+                raise TypeError(
+                    f"{where}: got a Python bool, which torch.mps.compile_shader would bind as int64; "
+                    f"pass int(...) to say so"
+                )
+            if all(isinstance(v, int) for v in values):
                 default = "int64"
             elif all(isinstance(v, float) for v in values):
                 default = "float32"
+            elif len(values) == 1:
+                raise TypeError(f"{where}: unsupported argument type {type(value).__name__}")
             else:
                 raise TypeError(f"{where}: a list must hold only ints or only floats, got {values!r}")
             cast = casts.get(idx, default)
-            fmt_codes = _CASTS[cast][1]
-            if p.type_code and p.type_code not in fmt_codes:
+            if p.addr_space == 1 and not p.is_const:
                 raise TypeError(
-                    f"{where}: a Python {'int' if default == 'int64' else 'float'} binds as {cast}, "
-                    f"which the kernel would misread as {p.type_name}; match the declaration or pass arg_casts"
+                    f"{where}: a Python scalar or list is bound as read-only bytes, so the kernel's writes "
+                    f"through this non-const device pointer would be lost; pass a tensor"
                 )
-            payload = _encode_scalars(values, cast)
+            if p.type_code and p.type_code not in _CASTS[cast][1]:
+                kind = "int" if default == "int64" else "float"
+                why = (
+                    f"a Python {kind} binds as {cast}, which the kernel would misread as {p.type_name}"
+                    if cast == default
+                    else f"arg_casts {cast!r} makes {cast}, which the kernel would misread as {p.type_name}"
+                )
+                hint = (
+                    "; Metal would silently read part of its bytes. Kernels called through the AOTI shim "
+                    "(set_arg_int binds int64 only) must declare 'constant long&'; otherwise pass arg_casts"
+                    if default == "int64" and cast == default and p.type_code in (5, 6, 7, 8, 9, 10)
+                    else "; match the declaration or pass arg_casts"
+                    if cast == default
+                    else "; use the cast that matches the declaration"
+                )
+                raise TypeError(f"{where}: {why}{hint}")
+            if default == "float32" and cast not in ("float32", "fp16", "bf16"):
+                raise TypeError(f"{where}: arg_casts {cast!r} would truncate a Python float; pass an int")
+            try:
+                payload = _encode_scalars(values, cast)
+            except (ValueError, OverflowError) as e:
+                shown = values if len(values) > 1 else values[0]
+                raise ValueError(f"{where}: {shown!r} does not fit {cast} ({e})") from None
             if not p.is_pointer and p.type_code and len(payload) < p.elem_size * p.lanes:
                 raise ValueError(f"{where}: needs {p.elem_size * p.lanes} bytes, got {len(payload)}")
             bindings[idx] = payload
@@ -356,36 +406,33 @@ class EmulatedKernel:
         if p.type_code and p.type_code not in _DTYPE_CODES[t.dtype]:
             raise TypeError(f"{where}: got a {t.dtype} tensor, which the kernel would misread as {p.type_name}")
         if not p.is_pointer and p.type_code:
-            available = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+            available = _extent(t)
             if available < p.elem_size * p.lanes:
                 raise ValueError(f"{where}: the tensor holds {available} bytes, fewer than one element")
 
     def _launch(self, bindings: dict[int, object], grid: list[int], group: list[int]) -> None:
-        staged: dict[int, _Staged] = {}  # by storage address, or id for scalars
-        pointers: dict[int, int] = {}
-        spans: dict[int, tuple[int, int]] = {}
+        spans: dict[int, tuple[int, int]] = {}  # storage address -> covered [lo, hi)
         for value in bindings.values():
             if isinstance(value, torch.Tensor):
-                storage = value.untyped_storage()
-                base = storage.data_ptr()
-                start = value.data_ptr()
-                lo, hi = spans.get(base, (start, base + storage.nbytes()))
-                spans[base] = (min(lo, start), hi)
-        for base, (lo, hi) in spans.items():
-            staged[base] = _Staged(base=lo, length=hi - lo)
-        owners: dict[int, tuple[_Staged, str]] = {}
+                key, start = value.untyped_storage().data_ptr(), value.data_ptr()
+                lo, hi = spans.get(key, (start, start))
+                spans[key] = (min(lo, start), max(hi, start + _extent(value)))
+        staged = {key: _Staged(lo, hi - lo) for key, (lo, hi) in spans.items()}
+        owners: dict[int, tuple[_Staged, int, int, str]] = {}  # idx -> (staging, offset, length, what)
         for idx, value in bindings.items():
             if isinstance(value, torch.Tensor):
                 s = staged[value.untyped_storage().data_ptr()]
-                pointers[idx] = s.addr + (value.data_ptr() - s.base)
-                owners[idx] = (s, f"a {value.dtype} tensor of shape {tuple(value.shape)}")
+                off, n = value.data_ptr() - s.lo, _extent(value)
+                s.cover(off, n)
+                owners[idx] = (s, off, n, f"a {value.dtype} tensor of shape {tuple(value.shape)}")
             else:
-                s = _Staged(payload=value)
-                staged[-idx - 1] = s
-                pointers[idx] = s.addr
-                owners[idx] = (s, f"a {len(value)}-byte scalar argument")
-        nbuf = max(pointers, default=-1) + 1
-        bufs = (ctypes.c_void_p * max(nbuf, 1))(*[pointers.get(i) for i in range(nbuf)])
+                s = staged[-idx - 1] = _Staged(0, len(value), payload=value)
+                owners[idx] = (s, 0, len(value), f"a {len(value)}-byte scalar argument")
+        for s in staged.values():
+            s.refill()
+        nbuf = max(owners, default=-1) + 1
+        pointers = [owners[i][0].addr + owners[i][1] if i in owners else None for i in range(nbuf)]
+        bufs = (ctypes.c_void_p * max(nbuf, 1))(*pointers)
         grid_c = (ctypes.c_uint * 3)(*grid)
         group_c = (ctypes.c_uint * 3)(*group)
         err = ctypes.create_string_buffer(1024)
@@ -398,22 +445,25 @@ class EmulatedKernel:
             err = ctypes.create_string_buffer(1024)
             status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, 1, err, len(err))
         if status != 0:
-            raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}")
-        for idx in sorted(owners):
-            s, what = owners[idx]
-            bad = s.overrun()
-            if bad is not None:
-                side, offset = bad
-                if side == "before":
-                    detail = f"{offset} bytes before the start of its buffer"
-                else:
-                    detail = f"at byte {offset} of a buffer that ends at byte {s.length}"
-                raise KernelError(
-                    f"kernel '{self.name}' wrote out of bounds of argument {idx} ({what}): {detail}; "
-                    f"no argument was changed"
-                )
+            raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}; no argument was changed")
+        for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
+            r = s.first_stray_write()
+            if r is not None:
+                raise KernelError(self._stray_message(s, r, owners))
         for s in staged.values():
             s.write_back()
+
+    def _stray_message(self, s: _Staged, r: int, owners: dict) -> str:
+        """Names the argument nearest to a stray write at offset r of staging s."""
+        mine = [(idx, off, n, what) for idx, (t, off, n, what) in sorted(owners.items()) if t is s]
+        past = [(r - off - n, idx, off, n, what) for idx, off, n, what in mine if r >= off + n]
+        if past:
+            _, idx, off, n, what = min(past)
+            detail = f"past its end, at byte {r - off} of a {n}-byte buffer"
+        else:
+            d, idx, off, n, what = min((off - r, idx, off, n, what) for idx, off, n, what in mine)
+            detail = f"{d} bytes before the start of its buffer"
+        return f"kernel '{self.name}' wrote out of bounds of argument {idx} ({what}): {detail}; no argument was changed"
 
 
 class EmulatedLibrary:

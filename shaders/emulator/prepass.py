@@ -97,6 +97,12 @@ class Prepared:
     entries: list[Entry] = field(default_factory=list)
 
 
+def _host_name(attr: str) -> str | None:
+    """The name in `host_name("a" "b")`, adjacent literals joined as MLX's macros produce them."""
+    m = re.fullmatch(r'host_name\s*\(((?:\s*"[^"]*")+)\s*\)', attr)
+    return "".join(re.findall(r'"([^"]*)"', m.group(1))) if m else None
+
+
 class _Lines:
     """Maps offsets in preprocessed text back to the user's line numbers."""
 
@@ -334,11 +340,7 @@ class _Rewriter:
         if "kernel" not in attrs:
             # An ordinary explicit instantiation; the attributes were blanked already.
             return end + 1
-        host = None
-        for a in attrs:
-            m = re.fullmatch(r'host_name\s*\(\s*"([^"]*)"\s*\)', a)
-            if m:
-                host = m.group(1)
+        host = next((h for a in attrs if (h := _host_name(a)) is not None), None)
         if host is None:
             raise self.error(self.toks[i], "explicit kernel instantiation without [[host_name(\"...\")]]")
         toks = self.toks
@@ -410,9 +412,8 @@ class _Rewriter:
             m = re.fullmatch(r"max_total_threads_per_threadgroup\s*\(\s*(\d+)\s*\)", a)
             if m:
                 max_threads = int(m.group(1))
-            m = re.fullmatch(r'host_name\s*\(\s*"([^"]*)"\s*\)', a)
-            if m:
-                host = m.group(1)
+            if _host_name(a) is not None:
+                host = _host_name(a)
         ns = "::".join(n for n in ns_stack if n)
         qual = f"{ns}::{name_tok.text}" if ns else name_tok.text
         header = self.span(*template_header) if template_header else None

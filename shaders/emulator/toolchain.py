@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -92,9 +93,26 @@ def _toolchain_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _clean_diagnostics(stderr: str) -> str:
+_ADDRESS_SPACES = {"1": "device", "2": "constant", "3": "threadgroup"}
+
+
+def _compile_error(stderr: str, build_dir: str) -> SyntaxError:
+    """torch.mps.compile_shader raises SyntaxError for compile errors; ours carries clang's
+    message with the user's file name and line (not the temporary build directory), and
+    names address spaces as Metal does rather than by clang's numbers."""
     lines = [ln for ln in stderr.splitlines() if "argument unused during compilation" not in ln]
-    return "\n".join(lines).strip()
+    text = "\n".join(lines).strip().replace(build_dir.rstrip("/") + "/", "")
+    text = re.sub(
+        r"address space '(\d)'",
+        lambda m: f"address space '{_ADDRESS_SPACES.get(m.group(1), 'thread')}'",
+        text,
+    )
+    err = SyntaxError(text or "the shader did not compile (no diagnostics)")
+    first = re.search(r"^([^\s:]+):(\d+):(?:(\d+):)? (?:fatal )?error:", text, re.M)
+    if first:
+        err.filename, err.lineno = first.group(1), int(first.group(2))
+        err.offset = int(first.group(3)) if first.group(3) else None
+    return err
 
 
 def library_path(source: str) -> Path:
@@ -110,6 +128,8 @@ def build(source: str) -> Path:
     """
     if not isinstance(source, str):
         raise TypeError(f"shader source must be a str, got {type(source).__name__}")
+    if not source.strip():
+        raise ValueError("shader source is empty")
     out = library_path(source)
     if out.exists():
         return out
@@ -125,7 +145,7 @@ def build(source: str) -> Path:
             check=False,
         )
         if pre.returncode != 0:
-            raise SyntaxError(_clean_diagnostics(pre.stderr))
+            raise _compile_error(pre.stderr, tmp)
         prepared = prepass.prepare(pre.stdout, filename="shader.metal")
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
@@ -138,7 +158,7 @@ def build(source: str) -> Path:
             check=False,
         )
         if cc.returncode != 0:
-            raise SyntaxError(_clean_diagnostics(cc.stderr))
+            raise _compile_error(cc.stderr, tmp)
         staged = out.with_suffix(f".{os.getpid()}.tmp")
         staged.write_bytes(tmp_out.read_bytes())
         os.replace(staged, out)

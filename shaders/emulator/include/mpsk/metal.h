@@ -5,6 +5,7 @@
 #include "math.h"
 #include "runtime.h"
 #include "simd.h"
+#include "matrix.h"
 
 // Metal has no double; the pre-pass reports it, this catches what it cannot see.
 #define double __metal_has_no_double

@@ -17,6 +17,8 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include "fiber.h"
+
 namespace mpsk_rt {
 
 constexpr int kSimdWidth = 32;
@@ -79,7 +81,7 @@ struct Thread;
 using CombineFn = void (*)(Thread* const* lanes, int n);
 
 struct Thread {
-  ucontext_t ctx;
+  Fiber fiber;
   unsigned a[kNumAttrs][3];
   St st;
   Sync sync;
@@ -108,7 +110,7 @@ struct Launch {
   char* err;
   int errlen;
   jmp_buf escape;
-  ucontext_t sched;
+  Fiber sched;
   int n;  // threads in the current group
   TgVar tg[kMaxThreadgroupVars];
   int ntg;
@@ -140,7 +142,7 @@ inline void fail(const char* fmt, ...) {
 // Stops the calling thread after an error; the launch ends with that error.
 [[noreturn]] inline void abort_thread() {
   if (L->fibers) {
-    setcontext(&L->sched);
+    fiber_switch(T->fiber, L->sched);  // never resumed
   }
   longjmp(L->escape, 1);
 }
@@ -161,7 +163,10 @@ inline const char* group_str() {
 
 // ---- threadgroup memory ----------------------------------------------------
 
-inline unsigned long round16(unsigned long n) { return (n + 15) & ~15ul; }
+constexpr unsigned long round16(unsigned long n) { return (n + 15) & ~15ul; }
+// Bytes of arena() (same formula): all poisoned when a group allocates its first
+// variable, so a stray write anywhere past the last variable is caught too.
+constexpr unsigned long kArenaBytes = kMaxThreadgroupMemory + 2 * kRedZone * kMaxThreadgroupVars + 256;
 
 // Storage for a kernel-scope `threadgroup` variable, shared by the threadgroup:
 // the first thread to reach the declaration allocates it, poisoned, between
@@ -176,7 +181,7 @@ inline void* tg_alloc(int site, unsigned long size, const char* name) {
     trap("threadgroup memory of %lu bytes exceeds the %lu-byte limit (at '%s')", total,
          kMaxThreadgroupMemory, name);
   unsigned long off = L->tg_used + kRedZone;
-  memset(arena() + L->tg_used, kPoison, kRedZone + round16(size) + kRedZone);
+  if (L->ntg == 0) memset(arena(), kPoison, kArenaBytes);
   L->tg[L->ntg++] = TgVar{site, off, size, name};
   L->tg_used = off + round16(size) + kRedZone;
   return arena() + off;
@@ -196,8 +201,17 @@ inline bool check_tg_red_zones() {
       }
     for (unsigned long k = 0; k < hi_len; ++k)
       if (hi[k] != kPoison) {
-        fail("write past the end of threadgroup array '%s' (%lu bytes of %lu, at byte %lu) in %s",
-             v.name, v.size, v.size, v.size + k, group_str());
+        fail("write past the end of threadgroup array '%s' (at byte %lu of a %lu-byte array) in %s",
+             v.name, v.size + k, v.size, group_str());
+        return false;
+      }
+  }
+  if (L->ntg > 0) {
+    const TgVar& last = L->tg[L->ntg - 1];
+    for (unsigned long k = L->tg_used; k < kArenaBytes; ++k)
+      if (arena()[k] != kPoison) {
+        fail("write past the end of threadgroup array '%s' (at byte %lu of a %lu-byte array) in %s",
+             last.name, k - last.off, last.size, group_str());
         return false;
       }
   }
@@ -217,7 +231,7 @@ inline void block(Sync kind, const Site& site, CombineFn combine) {
   t->sync = kind;
   t->site = site;
   t->combine = combine;
-  swapcontext(&t->ctx, &L->sched);
+  fiber_switch(t->fiber, L->sched);
 }
 
 inline int lane_count(int simd) {
@@ -322,9 +336,12 @@ inline unsigned char* fiber_stack(int i) {
   return stacks[i];
 }
 
+// A fiber's whole life: run the kernel, then hand control back for good.
 inline void fiber_main() {
   L->entry(L->bufs);
   T->st = St::Done;
+  fiber_switch(T->fiber, L->sched);
+  __builtin_unreachable();
 }
 
 inline void set3(unsigned* d, unsigned x, unsigned y, unsigned z) {
@@ -373,11 +390,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
   for (int i = 0; i < n; ++i) {
     Thread& t = threads[i];
     init_thread(t, i, actual);
-    getcontext(&t.ctx);
-    t.ctx.uc_stack.ss_sp = fiber_stack(i);
-    t.ctx.uc_stack.ss_size = kFiberStack;
-    t.ctx.uc_link = &L->sched;
-    makecontext(&t.ctx, fiber_main, 0);
+    fiber_init(t.fiber, fiber_stack(i), kFiberStack, fiber_main);
   }
   // Alternate the order in which threads run between phases, so a missing
   // barrier shows up whichever way the data flows between threads.
@@ -387,7 +400,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
       Thread& t = threads[forward ? k : n - 1 - k];
       if (t.st != St::Ready) continue;
       T = &t;
-      swapcontext(&L->sched, &t.ctx);
+      fiber_switch(L->sched, t.fiber);
       if (L->failed) return false;
     }
     forward = !forward;
@@ -459,7 +472,7 @@ template <> constexpr int type_code<half>() { return kHalf; }
 template <> constexpr int type_code<bfloat>() { return kBFloat; }
 template <> constexpr int type_code<bool>() { return kBool; }
 template <> constexpr int type_code<char>() { return kChar; }
-template <> constexpr int type_code<signed char>() { return kChar; }
+template <> constexpr int type_code<signed char>() { return kBool; }  // the lanes of boolN
 template <> constexpr int type_code<uchar>() { return kUChar; }
 template <> constexpr int type_code<short>() { return kShort; }
 template <> constexpr int type_code<ushort>() { return kUShort; }

@@ -177,13 +177,20 @@ void shuffle_shift(Thread* const* lanes, int n) {
   }
 }
 
+// Rotation is over the SIMD width; in a partial SIMD-group a source past the
+// last lane is undefined (poisoned) rather than wrapped among the lanes present.
 template <class T, int Dir>
 void shuffle_rotate(Thread* const* lanes, int n) {
   if (!uniform_iarg(lanes, n, lanes[0]->site.what)) return;
   const long delta = lanes[0]->iarg;
+  constexpr long w = mpsk_rt::kSimdWidth;
   for (int i = 0; i < n; ++i) {
-    long src = ((i + Dir * delta) % n + n) % n;
-    out(lanes[i], in<T>(lanes[src]));
+    const long src = ((i + Dir * delta) % w + w) % w;
+    if (src < n) {
+      out(lanes[i], in<T>(lanes[src]));
+    } else {
+      poison(lanes[i]);
+    }
   }
 }
 
