@@ -441,10 +441,56 @@ def test_max_total_threads_attribute_caps_the_default_group(launch):
     torch.testing.assert_close(out, torch.tensor([64.0] * 64 + [36.0] * 36))
 
 
-@pytest.mark.xfail(strict=True, reason="prepass ignores [[max_total_threads_per_threadgroup]] written before `kernel`")
-def test_max_total_threads_attribute_before_kernel_keyword():
-    src = (
-        H + "[[max_total_threads_per_threadgroup(64)]]\nkernel void k(device float* o [[buffer(0)]],"
-        " uint i [[thread_position_in_grid]]) { o[i] = 1.0; }\n"
-    )
-    assert compile_shader(src, backend="cpu").k.max_threads_per_threadgroup == 64
+@pytest.mark.parametrize(
+    "decl",
+    [
+        "[[max_total_threads_per_threadgroup(64)]]\nkernel void k",
+        "[[kernel, max_total_threads_per_threadgroup(64)]] void k",
+        "[[kernel]] [[max_total_threads_per_threadgroup(64)]] void k",
+    ],
+)
+def test_max_total_threads_attribute_forms(decl):
+    src = H + decl + "(device float* o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = 1.0; }\n"
+    k = compile_shader(src, backend="cpu").k
+    assert k.max_threads_per_threadgroup == 64
+    with pytest.raises(ValueError, match="limit of 64"):
+        k(torch.empty(128), threads=128, group_size=128)
+
+
+SCHEDULE_RACES = """
+#include <metal_stdlib>
+using namespace metal;
+// Two threads store different values into one element: the survivor depends on timing.
+kernel void write_race(device float* out, constant float* x, uint i [[thread_position_in_grid]]) {
+  out[i / 2] = x[i];
+}
+// Each threadgroup reads what the previous one wrote: threadgroups have no order.
+kernel void cross_group(device float* out, uint g [[threadgroup_position_in_grid]],
+                        uint t [[thread_position_in_threadgroup]]) {
+  out[g * 4 + t] = g == 0 ? 1.0f : out[(g - 1) * 4 + t] + 1.0f;
+}
+// Every thread stores the same value: a benign race that must pass.
+kernel void same_value(device float* out, constant float* x, uint i [[thread_position_in_grid]]) {
+  out[i / 2] = x[i / 2];
+}
+"""
+
+
+@pytest.mark.parametrize("kernel,threads,group", [("write_race", 8, 8), ("cross_group", 16, 4)])
+def test_schedule_dependent_results_are_errors(emulate, kernel, threads, group):
+    lib = emulate(SCHEDULE_RACES)
+    x = torch.arange(8, dtype=torch.float32)
+    out = torch.full((16,), float("nan"))
+    before = out.clone()
+    args = (out, x) if kernel == "write_race" else (out,)
+    with pytest.raises(KernelError, match=f"kernel '{kernel}'.*another order"):
+        getattr(lib, kernel)(*args, threads=threads, group_size=group)
+    assert torch.equal(out.isnan(), before.isnan())
+
+
+def test_benign_same_value_race_passes(emulate):
+    lib = emulate(SCHEDULE_RACES)
+    x = torch.arange(8, dtype=torch.float32)
+    out = torch.full((4,), float("nan"))
+    lib.same_value(out, x, threads=8)
+    torch.testing.assert_close(out, x[:4])

@@ -20,6 +20,9 @@ from . import toolchain
 from .prepass import DISPATCH_ATTRIBUTES
 
 MAX_THREADS_PER_THREADGROUP = 1024
+# mpsk_rt::Flags and mpsk_rt::Status
+_FIBERS, _FLIP_SCHEDULE = 1, 2
+_NEEDS_FIBERS = 2
 SIMD_WIDTH = 32
 RED_ZONE = 4096
 POISON = 0xFF
@@ -435,17 +438,34 @@ class EmulatedKernel:
         bufs = (ctypes.c_void_p * max(nbuf, 1))(*pointers)
         grid_c = (ctypes.c_uint * 3)(*grid)
         group_c = (ctypes.c_uint * 3)(*group)
-        err = ctypes.create_string_buffer(1024)
         dll = self._lib._dll
-        status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, int(self._fibers), err, len(err))
-        if status == 2:
-            self._fibers = True
-            for s in staged.values():
-                s.refill()
+
+        def run(flip: int) -> None:
             err = ctypes.create_string_buffer(1024)
-            status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, 1, err, len(err))
-        if status != 0:
-            raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}; no argument was changed")
+            status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, int(self._fibers) | flip, err, len(err))
+            if status == _NEEDS_FIBERS:
+                self._fibers = True
+                for s in staged.values():
+                    s.refill()
+                status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, _FIBERS | flip, err, len(err))
+            if status != 0:
+                raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}; no argument was changed")
+
+        run(0)
+        first = {key: s.buf.clone() for key, s in staged.items()}
+        for s in staged.values():
+            s.refill()
+        run(_FLIP_SCHEDULE)
+        for idx, (s, off, n, what) in sorted(owners.items()):
+            key = next(k for k, v in staged.items() if v is s)
+            seg = slice(RED_ZONE + off, RED_ZONE + off + n)
+            differ = (first[key][seg] != s.buf[seg]).nonzero()
+            if len(differ):
+                raise KernelError(
+                    f"kernel '{self.name}': argument {idx} ({what}) ends differently when the threads and "
+                    f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
+                    f"threadgroup_barrier, or threads writing the same element; no argument was changed"
+                )
         for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
             r = s.first_stray_write()
             if r is not None:

@@ -97,6 +97,21 @@ class Prepared:
     entries: list[Entry] = field(default_factory=list)
 
 
+def _split_attrs(text: str) -> list[str]:
+    """`kernel, max_total_threads_per_threadgroup(64)` -> its attributes, split at top-level commas."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
 def _host_name(attr: str) -> str | None:
     """The name in `host_name("a" "b")`, adjacent literals joined as MLX's macros produce them."""
     m = re.fullmatch(r'host_name\s*\(((?:\s*"[^"]*")+)\s*\)', attr)
@@ -299,7 +314,7 @@ class _Rewriter:
                     continue
                 i = self.explicit_instantiation(i)
                 continue
-            if (t.kind == "ident" and t.text == "kernel") or self.is_kernel_attr(i):
+            if (t.kind == "ident" and t.text == "kernel") or (t.kind == "attr_open" and self.starts_kernel(i)):
                 i = self.kernel_definition(i, template_header, ns_stack)
                 template_header = None
                 continue
@@ -307,11 +322,19 @@ class _Rewriter:
                 template_header = None
             i += 1
 
-    def is_kernel_attr(self, i: int) -> bool:
-        if self.toks[i].kind != "attr_open":
-            return False
-        j = self.attr_end(i)
-        return self.attr_text(i, j) == "kernel"
+    def starts_kernel(self, i: int) -> bool:
+        """Whether the run of attributes and keywords at token i marks a kernel definition."""
+        toks = self.toks
+        while i < len(toks):
+            if toks[i].kind == "ident" and toks[i].text == "kernel":
+                return True
+            if toks[i].kind != "attr_open":
+                return False
+            j = self.attr_end(i)
+            if "kernel" in _split_attrs(self.attr_text(i, j)):
+                return True
+            i = j + 1
+        return False
 
     def collect_attrs(self, i: int) -> tuple[list[str], int]:
         """Attributes and `kernel` keywords starting at token i; returns them and the next index."""
@@ -320,7 +343,7 @@ class _Rewriter:
             t = self.toks[i]
             if t.kind == "attr_open":
                 j = self.attr_end(i)
-                attrs.append(self.attr_text(i, j))
+                attrs += _split_attrs(self.attr_text(i, j))
                 self.blank(t.start, self.toks[j].end)
                 i = j + 1
             elif t.kind == "ident" and t.text == "kernel":
@@ -659,8 +682,8 @@ def _entry_table(entries: list[Entry]) -> str:
         "MPSK_EXPORT const char* mpsk_attr_name(int a) "
         "{ return a >= 0 && a < ::mpsk_rt::kNumAttrs ? ::mpsk_rt::kAttrNames[a] : nullptr; }",
         "MPSK_EXPORT int mpsk_launch(int e, void** bufs, const unsigned* grid, const unsigned* group, "
-        "int fibers, char* err, int errlen) { return ::mpsk_rt::launch(__mpsk_entries[e].fn, bufs, "
-        "grid, group, fibers, err, errlen); }",
+        "int flags, char* err, int errlen) { return ::mpsk_rt::launch(__mpsk_entries[e].fn, bufs, "
+        "grid, group, flags, err, errlen); }",
         "",
     ]
     return "\n".join(lines)

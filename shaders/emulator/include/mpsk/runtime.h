@@ -380,7 +380,8 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
   L->tg_used = 0;
   if (!L->fibers) {
     if (setjmp(L->escape)) return false;
-    for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < n; ++k) {
+      const int i = forward_first ? k : n - 1 - k;
       init_thread(threads[0], i, actual);
       T = &threads[0];
       L->entry(L->bufs);
@@ -414,12 +415,19 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
 
 enum Status { kOk = 0, kError = 1, kNeedsFibers = 2 };
 
+enum Flags { kFibers = 1, kFlipSchedule = 2 };
+
+// Runs one dispatch. The host runs each launch twice, the second time with
+// kFlipSchedule: threadgroups in the opposite order and every phase of every
+// group with its threads in the opposite order. A kernel whose results differ
+// between the two depends on scheduling: a missing barrier or a write race.
 inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, const unsigned* group,
-                  int fibers, char* err, int errlen) {
+                  int flags, char* err, int errlen) {
   Launch launch{};
   launch.entry = entry;
   launch.bufs = bufs;
-  launch.fibers = fibers != 0;
+  launch.fibers = (flags & kFibers) != 0;
+  const bool flip = (flags & kFlipSchedule) != 0;
   launch.err = err;
   launch.errlen = errlen;
   for (int d = 0; d < 3; ++d) {
@@ -431,8 +439,8 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   L = &launch;
   int status = kOk;
   const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
-  // Threadgroups run last to first: no kernel may rely on their order.
-  for (unsigned long g = total; g-- > 0;) {
+  for (unsigned long step = 0; step < total; ++step) {
+    const unsigned long g = flip ? step : total - 1 - step;
     launch.gid[0] = g % launch.ngroups[0];
     launch.gid[1] = (g / launch.ngroups[0]) % launch.ngroups[1];
     launch.gid[2] = g / ((unsigned long)launch.ngroups[0] * launch.ngroups[1]);
@@ -442,7 +450,7 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
       actual[d] = grid[d] - start < group[d] ? grid[d] - start : group[d];
     }
     launch.n = actual[0] * actual[1] * actual[2];
-    if (!run_group(actual, (g & 1) == 0)) {
+    if (!run_group(actual, ((g & 1) == 0) != flip)) {
       status = launch.needs_fibers ? kNeedsFibers : kError;
       break;
     }
