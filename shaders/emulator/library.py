@@ -449,7 +449,8 @@ class EmulatedKernel:
                     s.refill()
                 status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, _FIBERS | flip, err, len(err))
             if status != 0:
-                raise KernelError(f"kernel '{self.name}': {err.value.decode(errors='replace')}; no argument was changed")
+                message = err.value.decode(errors="replace")
+                raise KernelError(f"kernel '{self.name}': {message}; no argument was changed")
 
         run(0)
         first = {key: s.buf.clone() for key, s in staged.items()}
