@@ -157,26 +157,43 @@ class _Staged:
         self.length = length
         self.payload = payload
         self.buf = torch.empty(RED_ZONE + length + RED_ZONE, dtype=torch.uint8)
-        self.covered = torch.zeros(len(self.buf), dtype=torch.bool)
         self.addr = self.buf.data_ptr() + RED_ZONE
         self.extents: list[tuple[int, int]] = []  # (offset from lo, length)
+        self._gaps: list[tuple[int, int]] | None = None
         if payload is not None:
             self.cover(0, length)
 
     def cover(self, offset: int, length: int) -> None:
         self.extents.append((offset, length))
-        self.covered[RED_ZONE + offset : RED_ZONE + offset + length] = True
+        self._gaps = None
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Buffer slices no argument covers (red zones included), as (start, stop) into buf."""
+        if self._gaps is None:
+            gaps, at = [], 0
+            for off, n in sorted(self.extents):
+                if RED_ZONE + off > at:
+                    gaps.append((at, RED_ZONE + off))
+                at = max(at, RED_ZONE + off + n)
+            gaps.append((at, len(self.buf)))
+            self._gaps = gaps
+        return self._gaps
 
     def refill(self) -> None:
-        self.buf.fill_(POISON)
+        for a, b in self.gaps:
+            self.buf[a:b].fill_(POISON)
         for off, n in self.extents:
             src = self.payload if self.payload is not None else self.lo + off
             ctypes.memmove(self.addr + off, src, n)
 
     def first_stray_write(self) -> int | None:
         """Offset from lo of the first written byte that no argument covers, if any."""
-        bad = ((self.buf != POISON) & ~self.covered).nonzero()
-        return int(bad[0]) - RED_ZONE if len(bad) else None
+        for a, b in self.gaps:
+            bad = (self.buf[a:b] != POISON).nonzero()
+            if len(bad):
+                return a + int(bad[0]) - RED_ZONE
+        return None
 
     def write_back(self) -> None:
         if self.payload is None:
@@ -460,8 +477,8 @@ class EmulatedKernel:
         for idx, (s, off, n, what) in sorted(owners.items()):
             key = next(k for k, v in staged.items() if v is s)
             seg = slice(RED_ZONE + off, RED_ZONE + off + n)
-            differ = (first[key][seg] != s.buf[seg]).nonzero()
-            if len(differ):
+            if not torch.equal(first[key][seg], s.buf[seg]):
+                differ = (first[key][seg] != s.buf[seg]).nonzero()
                 raise KernelError(
                     f"kernel '{self.name}': argument {idx} ({what}) ends differently when the threads and "
                     f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
