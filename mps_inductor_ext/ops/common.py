@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .. import config
+from .. import config, tuning
 
 METAL_DTYPES = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat"}
 FLOAT_DTYPES = (*METAL_DTYPES, torch.float64)
@@ -104,3 +104,14 @@ def vector_aligned(t: torch.Tensor, width: int = 4) -> bool:
     """Whether every row of a (rows, cols) view starts on a `width`-element boundary."""
     rows_ok = t.shape[0] <= 1 or t.stride(0) % width == 0
     return t.shape[-1] % width == 0 and rows_ok and t.storage_offset() % width == 0
+
+
+def threads_per_row(kernel: str, dtype: torch.dtype, cols: int, vec: int, policy) -> int:
+    """Threads per row for a row kernel: the policy's fixed size, else the measured best
+    (tuning cache), else enough SIMD-groups for one `vec`-wide load per thread."""
+    if policy.threads_per_row:
+        return policy.threads_per_row
+    tuned = tuning.lookup(kernel, dtype, cols)
+    if tuned:
+        return min(tuned, policy.max_threads_per_row)
+    return min(policy.max_threads_per_row, max(32, -(-cols // (vec * 32)) * 32))

@@ -18,6 +18,7 @@ from .common import (
     check_tensor,
     metal_backend,
     new_buffer,
+    threads_per_row,
     vector_aligned,
 )
 from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
@@ -49,7 +50,7 @@ def norm_plan(
     if kind not in ("rms_norm", "layer_norm"):
         raise ValueError(f"unknown norm kind {kind!r}")
     vec = 4 if vector_ok and policy.vector_width == 4 else 1
-    threads = policy.threads_per_row or min(policy.max_threads_per_row, max(32, ceil_div(ceil_div(cols, vec), 32) * 32))
+    threads = threads_per_row(kind, dtype, cols, vec, policy)
     per_pass = threads * vec
     nreg = ceil_div(cols, per_pass) if cols <= per_pass * MAX_REGISTER_LOADS else 0
     source = specialize(
