@@ -494,3 +494,70 @@ def test_benign_same_value_race_passes(emulate):
     out = torch.full((4,), float("nan"))
     lib.same_value(out, x, threads=8)
     torch.testing.assert_close(out, x[:4])
+
+
+MISALIGNED = """
+#include <metal_stdlib>
+using namespace metal;
+kernel void load4(device float* out, const device float* x, uint i [[thread_position_in_grid]]) {
+  const float4 v = *(const device float4*)(x + 4 * i);
+  out[i] = v.x + v.y + v.z + v.w;
+}
+kernel void store4_shifted(device float* out, uint i [[thread_position_in_grid]]) {
+  *(device float4*)(out + 4 * i + 1) = float4(1.0);
+}
+"""
+
+
+def test_misaligned_vector_load_from_an_unaligned_view(emulate):
+    lib = emulate(MISALIGNED)
+    base = torch.arange(20, dtype=torch.float32)
+    out = torch.full((4,), float("nan"))
+    lib.load4(out, base[4:])  # a 16-byte-aligned view: fine
+    torch.testing.assert_close(out, base[4:].view(4, 4).sum(1))
+    out = torch.full((4,), float("nan"))
+    with pytest.raises(KernelError, match=r"kernel 'load4': misaligned pointer to a 16-byte-aligned vector type at line 5"):
+        lib.load4(out, base[1:17])
+    assert out.isnan().all()
+
+
+def test_misaligned_vector_store(emulate):
+    lib = emulate(MISALIGNED)
+    out = torch.zeros(20)
+    with pytest.raises(KernelError, match="misaligned pointer to a 16-byte-aligned vector type at line 9"):
+        lib.store4_shifted(out, threads=4)
+    assert (out == 0).all()
+
+
+WILD = """
+#include <metal_stdlib>
+using namespace metal;
+kernel void wild_write(device float* out, constant long& offset, uint i [[thread_position_in_grid]]) {
+  out[offset + i] = 1.0;
+}
+kernel void wild_after_barrier(device float* out, constant long& offset, uint i [[thread_position_in_grid]]) {
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  out[offset + i] = 1.0;
+}
+"""
+
+
+def test_wild_pointer_fault_is_an_error_not_a_crash(emulate):
+    """A write far outside every buffer faults; the launch reports it and the process survives."""
+    lib = emulate(WILD)
+    out = torch.zeros(4)
+    with pytest.raises(KernelError, match=r"kernel 'wild_write': the kernel faulted \(SIGSEGV"):
+        lib.wild_write(out, 1 << 40, threads=4)
+    assert (out == 0).all()
+    lib.wild_write(out, 0, threads=4)  # the emulator still works afterwards
+    assert (out == 1).all()
+
+
+def test_fault_inside_a_fiber_is_an_error(emulate):
+    lib = emulate(WILD)
+    out = torch.zeros(64)
+    for _ in range(2):  # the fiber pool recovers from an abandoned launch
+        with pytest.raises(KernelError, match="the kernel faulted"):
+            lib.wild_after_barrier(out, 1 << 40, threads=64, group_size=32)
+    lib.wild_after_barrier(out, 0, threads=64, group_size=32)
+    assert (out == 1).all()

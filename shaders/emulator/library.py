@@ -25,6 +25,7 @@ _FIBERS, _FLIP_SCHEDULE = 1, 2
 _NEEDS_FIBERS = 2
 SIMD_WIDTH = 32
 RED_ZONE = 4096
+ALIGN = 64
 POISON = 0xFF
 
 # mpsk_rt::TypeCode
@@ -156,7 +157,11 @@ class _Staged:
         self.lo = lo  # address of the user's first covered byte; unused for scalars
         self.length = length
         self.payload = payload
-        self.buf = torch.empty(RED_ZONE + length + RED_ZONE, dtype=torch.uint8)
+        # The copy sits at the same offset from a 64-byte boundary as the original,
+        # so a misaligned view stays misaligned for the kernel.
+        raw = torch.empty(RED_ZONE + length + RED_ZONE + ALIGN, dtype=torch.uint8)
+        shift = (lo - (raw.data_ptr() + RED_ZONE)) % ALIGN if payload is None else 0
+        self.buf = raw[shift : shift + RED_ZONE + length + RED_ZONE]
         self.addr = self.buf.data_ptr() + RED_ZONE
         self.extents: list[tuple[int, int]] = []  # (offset from lo, length)
         self._gaps: list[tuple[int, int]] | None = None

@@ -270,6 +270,76 @@ class _Rewriter:
                 inner = self.span(i + 2, close - 1) if close > i + 2 else ""
                 if inner.strip() in VECTOR_TYPES or inner.strip().startswith("vec<"):
                     self.replace(t.start, t.end, "::metal::vcast")
+            elif t.kind == "ident" and t.text == "reinterpret_cast" and nxt.text == "<":
+                close = self.angle_close(i + 1)
+                if self.is_vector_pointer(i + 2, close):
+                    self.replace(t.start, t.end, "::mpsk_rt::vector_pointer")
+            elif t.text == "(":
+                self.checked_vector_cast(i)
+
+    def is_vector_pointer(self, start: int, stop: int) -> bool:
+        """Whether tokens start..stop-1 spell a pointer to a vector type (`const device float4*`)."""
+        toks = self.toks
+        if stop - start < 2 or toks[stop - 1].text != "*":
+            return False
+        k, seen = start, False
+        while k < stop - 1:
+            word = toks[k].text
+            if word in VECTOR_TYPES:
+                seen = True
+            elif word == "vec" and k + 1 < stop and toks[k + 1].text == "<":
+                k = self.angle_close(k + 1)
+                seen = True
+            elif word not in ("const", "volatile", "device", "constant", "threadgroup", "thread", "metal", "::"):
+                return False
+            k += 1
+        return seen
+
+    def checked_vector_cast(self, i: int) -> None:
+        """`(const device float4*)expr` -> a cast that checks the address's alignment.
+
+        Metal leaves a misaligned vector access undefined; clang's alignment sanitizer
+        cannot see device or threadgroup pointers, so the cast itself checks.
+        """
+        toks = self.toks
+        close = i + 1
+        while close < len(toks) and toks[close].text not in (")", ";", "{", "}"):
+            close += 1
+        if close >= len(toks) or toks[close].text != ")" or not self.is_vector_pointer(i + 1, close):
+            return
+        end = self.unary_end(close + 1)
+        if end is None:
+            return
+        type_text = self.span(i + 1, close - 1)
+        self.replace(toks[i].start, toks[close].end, f"::mpsk_rt::vector_pointer<{type_text}>(")
+        self.replace(toks[end].end, toks[end].end, ")")
+
+    def unary_end(self, k: int) -> int | None:
+        """Index of the last token of the unary expression starting at token k (a cast's operand)."""
+        toks = self.toks
+        while k < len(toks) and toks[k].text in ("&", "*", "-", "+", "!", "~"):
+            k += 1
+        if k >= len(toks):
+            return None
+        if toks[k].text == "(":
+            end = self.match_close(k, "(", ")")
+        elif toks[k].kind in ("ident", "number"):
+            end = k
+            while end + 2 < len(toks) and toks[end + 1].text == "::" and toks[end + 2].kind == "ident":
+                end += 2
+        else:
+            return None
+        while end + 1 < len(toks):
+            nxt = toks[end + 1].text
+            if nxt == "[":
+                end = self.match_close(end + 1, "[", "]")
+            elif nxt == "(":
+                end = self.match_close(end + 1, "(", ")")
+            elif nxt in (".", "->") and end + 2 < len(toks) and toks[end + 2].kind == "ident":
+                end += 2
+            else:
+                break
+        return end
 
     def scan_declarations(self) -> None:
         """Walks namespace scopes looking for kernels and explicit instantiations."""

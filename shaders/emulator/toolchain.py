@@ -46,6 +46,10 @@ COMPILE_FLAGS = (
     "-fvisibility=hidden",
     "-ffp-contract=off",
     "-ftrivial-auto-var-init=pattern",
+    # Misaligned typed accesses call the runtime's handler (a KernelError), as they
+    # are undefined on the GPU.
+    "-fsanitize=alignment",
+    "-fno-sanitize-recover=alignment",
     "-Xclang", "-ffloat16-excess-precision=none",
     "-Xclang", "-fbfloat16-excess-precision=none",
     "-Wno-unknown-attributes",

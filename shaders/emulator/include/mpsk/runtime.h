@@ -11,6 +11,7 @@
 #pragma once
 
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -321,6 +322,50 @@ inline bool resolve(Thread* threads) {
   return true;
 }
 
+// ---- misaligned access ------------------------------------------------------------
+
+// Kernels are compiled with -fsanitize=alignment: every typed load or store
+// through a pointer checks its alignment and calls here when it is off. On a
+// GPU a misaligned vector access is undefined; here it stops the launch.
+struct UbsanLocation {
+  const char* file;
+  unsigned line, column;
+};
+struct UbsanType {
+  unsigned short kind, info;
+  char name[1];
+};
+struct UbsanMismatch {
+  UbsanLocation loc;
+  const UbsanType* type;
+  unsigned char log_alignment;
+  unsigned char check_kind;
+};
+
+[[noreturn]] inline void misaligned(const UbsanMismatch* d, unsigned long address) {
+  static const char* const kinds[] = {"load of", "store to", "reference to", "member access within"};
+  const char* what = d->check_kind < 4 ? kinds[d->check_kind] : "access to";
+  trap("misaligned %s %s at an address %lu bytes past a %lu-byte boundary (line %u, column %u); Metal "
+       "needs %lu-byte alignment there",
+       what, d->type->name, address % (1ul << d->log_alignment), 1ul << d->log_alignment, d->loc.line,
+       d->loc.column, 1ul << d->log_alignment);
+}
+
+// A pointer to a vector type, made by a cast in the kernel (the pre-pass routes
+// `(device float4*)p` and reinterpret_cast here): the address must be aligned
+// for the vector, as Metal's vector loads and stores require.
+template <class P, class Q>
+inline P vector_pointer(Q q, unsigned line = __builtin_LINE()) {
+  P p = (P)q;
+  constexpr unsigned long align = alignof(__remove_pointer(P));
+  const unsigned long address = (unsigned long)p;
+  if (address % align)
+    trap("misaligned pointer to a %lu-byte-aligned vector type at line %u: the address is %lu bytes past a "
+         "%lu-byte boundary",
+         align, line, address % align, align);
+  return p;
+}
+
 // ---- dispatch ------------------------------------------------------------------
 
 inline Thread* thread_pool() {
@@ -424,6 +469,54 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
 
 enum Status { kOk = 0, kError = 1, kNeedsFibers = 2 };
 
+// A kernel that faults (a pointer outside every buffer, a misaligned vector
+// access the cast check could not see, a fiber stack overflow) ends its launch
+// with an error instead of taking the host process down. The handler runs on
+// an alternate stack and jumps back to the launch.
+inline thread_local sigjmp_buf* fault_escape = nullptr;
+inline thread_local unsigned long fault_address = 0;
+
+inline void on_fault(int sig, siginfo_t* info, void*) {
+  if (!fault_escape) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  fault_address = reinterpret_cast<unsigned long>(info->si_addr);
+  siglongjmp(*fault_escape, sig);
+}
+
+inline void ensure_signal_stack() {
+  stack_t current;
+  if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
+  constexpr unsigned long size = 64 * 1024;
+  stack_t ss;
+  ss.ss_sp = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ss.ss_size = size;
+  ss.ss_flags = 0;
+  sigaltstack(&ss, nullptr);
+}
+
+struct FaultGuard {
+  struct sigaction old_segv, old_bus;
+  explicit FaultGuard(sigjmp_buf* env) {
+    ensure_signal_stack();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+    fault_escape = env;
+  }
+  ~FaultGuard() {
+    fault_escape = nullptr;
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+  }
+};
+
 enum Flags { kFibers = 1, kFlipSchedule = 2 };
 
 // Runs one dispatch. The host runs each launch twice, the second time with
@@ -448,6 +541,16 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   L = &launch;
   int status = kOk;
   const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
+  sigjmp_buf env;
+  FaultGuard guard(&env);
+  if (int sig = sigsetjmp(env, 1)) {
+    launch.failed = false;
+    fail("the kernel faulted (%s at address 0x%lx) in %s: a pointer outside every buffer, a misaligned "
+         "access, or a stack overflow",
+         sig == SIGBUS ? "SIGBUS" : "SIGSEGV", fault_address, group_str());
+    L = outer;
+    return kError;
+  }
   for (unsigned long step = 0; step < total; ++step) {
     const unsigned long g = flip ? step : total - 1 - step;
     launch.gid[0] = g % launch.ngroups[0];
@@ -591,3 +694,14 @@ inline void describe_all(void (*f)(P...), const Spec* spec, ParamInfo* out) {
 }
 
 }  // namespace mpsk_rt
+
+extern "C" {
+[[noreturn]] inline __attribute__((used)) void __ubsan_handle_type_mismatch_v1(mpsk_rt::UbsanMismatch* d,
+                                                                                 unsigned long p) {
+  mpsk_rt::misaligned(d, p);
+}
+[[noreturn]] inline __attribute__((used)) void __ubsan_handle_type_mismatch_v1_abort(mpsk_rt::UbsanMismatch* d,
+                                                                                       unsigned long p) {
+  mpsk_rt::misaligned(d, p);
+}
+}
