@@ -40,18 +40,23 @@ class NormPolicy:
 class SoftmaxPolicy:
     """softmax: one threadgroup per row; rows longer than `online_above` use the single-read form."""
 
-    threads_per_row: int = 0
+    threads_per_row: int = 0  # 0: chosen from the row length
     max_threads_per_row: int = 1024
     online_above: int = 4096
+    vector_width: int = 4  # elements per load when the row allows it (1 or 4)
 
     def __post_init__(self):
         _check_threads(self.threads_per_row, "threads_per_row", allow_auto=True)
         _check_threads(self.max_threads_per_row, "max_threads_per_row")
         _check_positive(self.online_above, "online_above")
+        if self.vector_width not in (1, 4):
+            raise ValueError(f"vector_width must be 1 or 4, got {self.vector_width}")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopePolicy:
+    """rope: one thread per rotated pair or passed-through feature, in 1-D groups of this size."""
+
     threads_per_group: int = 256
 
     def __post_init__(self):
@@ -60,19 +65,35 @@ class RopePolicy:
 
 @dataclasses.dataclass(frozen=True)
 class AttentionPolicy:
-    """Flash-style prefill tiles, and when decode splits the keys into partitions."""
+    """Flash-style prefill tiles, the decode kernel's shape, and when decode splits the keys.
 
-    block_q: int = 16
-    block_kv: int = 32
-    decode_max_q: int = 4  # Sq at or below this takes the decode kernel
+    The prefill tiles are shrunk (block_kv first, then block_q) until its threadgroup
+    memory fits 32 KiB, so large head dims get smaller tiles rather than an error.
+    """
+
+    block_q: int = 16  # queries per prefill threadgroup
+    block_kv: int = 32  # keys per K/V tile in threadgroup memory
+    prefill_simdgroups: int = 4  # SIMD-groups per prefill threadgroup; each owns block_q / this rows
+    decode_max_q: int = 4  # Sq at or below this takes the decode kernel (at most 8)
+    decode_simdgroups: int = 4  # SIMD-groups per decode threadgroup, each walking its own keys
     split_kv_above: int = 1024  # decode splits Skv into partitions above this length
     partition_size: int = 256
 
     def __post_init__(self):
-        for name in ("block_q", "block_kv", "decode_max_q", "split_kv_above", "partition_size"):
+        for name in ("block_q", "block_kv", "prefill_simdgroups", "decode_max_q", "decode_simdgroups",
+                     "split_kv_above", "partition_size"):
             _check_positive(getattr(self, name), name)
         if self.block_kv % 8 or self.block_q % 8:
             raise ValueError(f"block_q and block_kv must be multiples of 8, got {self.block_q}, {self.block_kv}")
+        if self.block_q % self.prefill_simdgroups:
+            raise ValueError(
+                f"block_q ({self.block_q}) must be a multiple of prefill_simdgroups ({self.prefill_simdgroups})"
+            )
+        for name in ("prefill_simdgroups", "decode_simdgroups"):
+            if getattr(self, name) > 32:
+                raise ValueError(f"{name} must be at most 32 (1024 threads), got {getattr(self, name)}")
+        if self.decode_max_q > 8:
+            raise ValueError(f"decode_max_q must be at most 8, got {self.decode_max_q}")
         if self.partition_size % 32:
             raise ValueError(f"partition_size must be a multiple of 32, got {self.partition_size}")
 

@@ -1,6 +1,8 @@
 """The mpsk custom ops (torch.ops.mpsk.*), each backed by a Metal kernel family in shaders/."""
 
-from . import norm
+from . import attention, norm, rope, softmax
 from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, run_plan
 
-__all__ = ["IntArg", "KernelLaunch", "LaunchPlan", "Scratch", "TensorArg", "norm", "run_plan"]
+__all__ = [
+    "IntArg", "KernelLaunch", "LaunchPlan", "Scratch", "TensorArg", "attention", "norm", "rope", "run_plan", "softmax",
+]

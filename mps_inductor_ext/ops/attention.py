@@ -1,0 +1,315 @@
+"""mpsk::attention: scaled dot-product attention on attention.metal.
+
+Semantics are F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=0, is_causal, scale,
+enable_gqa=True) on q (B, Hq, Sq, D), k (B, Hkv, Skv, D), v (B, Hkv, Skv, Dv), plus a sliding
+window: window > 0 hides keys j <= i - window (Mistral; same top-left coordinates as the causal
+mask). A mask and is_causal may be combined (a key must pass both), as PyTorch's CPU flash kernel
+allows (its math path refuses the pair). Rows whose keys are all hidden give 0, as PyTorch's
+(safe-softmax) math does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import config
+from ..config import AttentionPolicy
+from ..shaders import load_source
+from .common import METAL_DTYPES, check_like, check_tensor, metal_backend, new_buffer
+from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, run_plan, specialize
+
+MAX_HEAD_DIM = 256  # registers per lane and threadgroup memory are sized for this
+TG_MEMORY = 32 * 1024
+MAX_BUFFERS = 31  # Metal's buffer argument table; every int64 scalar takes a slot
+
+MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+
+
+@functools.cache
+def _template() -> str:
+    return load_source("attention")
+
+
+def prefill_tiles(d: int, dv: int, policy: AttentionPolicy) -> tuple[int, int, int]:
+    """(block_q, block_kv, threadgroup bytes) of the prefill kernel, shrunk to fit 32 KiB.
+
+    Q block, K tile (rows padded by one float), V tile and the score tile, all fp32.
+    """
+    bq, bkv = policy.block_q, policy.block_kv
+
+    def nbytes(bq: int, bkv: int) -> int:
+        return 4 * (bq * d + bkv * (d + 1) + bkv * dv + bq * bkv)
+
+    while nbytes(bq, bkv) > TG_MEMORY:
+        if bkv > 8:
+            bkv //= 2
+        elif bq // 2 >= policy.prefill_simdgroups and (bq // 2) % policy.prefill_simdgroups == 0:
+            bq //= 2
+        else:
+            raise ValueError(
+                f"mpsk.attention: no prefill tiling of head dims {d}/{dv} fits {TG_MEMORY} bytes of threadgroup "
+                f"memory with {policy.prefill_simdgroups} SIMD-groups"
+            )
+    return bq, bkv, nbytes(bq, bkv)
+
+
+def decode_tg_bytes(dv: int, policy: AttentionPolicy) -> int:
+    return 4 * policy.decode_simdgroups * policy.decode_max_q * (dv + 2)
+
+
+def attention_plan(
+    dtype: torch.dtype,
+    shape: tuple[int, int, int, int, int, int, int],
+    strides: tuple[tuple[int, int, int], ...],
+    *,
+    mask_kind: int,
+    mask_strides: tuple[int, int, int, int] | None,
+    scale: float,
+    is_causal: bool,
+    window: int,
+    policy: AttentionPolicy,
+) -> LaunchPlan:
+    """The launches for one call: prefill, decode, or split decode (partitions, then reduce).
+
+    `shape` is (B, Hq, Hkv, Sq, Skv, D, Dv); `strides` are the (batch, head, seq) strides of
+    q, k, v in elements, whose last dimension must be unit-stride. Tensors are named out, q, k,
+    v, mask; the split form adds scratch part_m, part_l (B, Hq, Sq, P) and part_o (..., P, Dv).
+    """
+    B, Hq, Hkv, Sq, Skv, D, Dv = shape
+    if not (1 <= D <= MAX_HEAD_DIM and 1 <= Dv <= MAX_HEAD_DIM):
+        raise ValueError(f"mpsk.attention: the Metal kernels take head dims 1..{MAX_HEAD_DIM}, got D={D}, Dv={Dv}")
+    name = METAL_DTYPES[dtype]
+    decode = Sq <= policy.decode_max_q
+    split = decode and Skv > policy.split_kv_above
+    bq, bkv, _ = prefill_tiles(D, Dv, policy)
+    if decode and decode_tg_bytes(Dv, policy) > TG_MEMORY:
+        raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy)} exceeds {TG_MEMORY}")
+    defines = {
+        "HEAD_DIM": D, "HEAD_DIM_V": Dv, "SCALE": float(scale), "IS_CAUSAL": is_causal, "HAS_WINDOW": window > 0,
+        "MASK_KIND": mask_kind, "BLOCK_Q": bq, "BLOCK_KV": bkv, "PREFILL_SIMD": policy.prefill_simdgroups,
+        "DECODE_MAX_Q": policy.decode_max_q, "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split,
+    }
+    source = specialize(_template(), defines)
+    inputs: list = [TensorArg("q"), TensorArg("k"), TensorArg("v")]
+    if mask_kind != MASK_NONE:
+        inputs += [TensorArg("mask"), *(IntArg(s) for s in mask_strides)]
+    inputs += [IntArg(Sq), IntArg(Skv), IntArg(Hq // Hkv), IntArg(max(window, 0))]
+    inputs += [IntArg(s) for st in strides for s in st]
+    if not decode:
+        threads = policy.prefill_simdgroups * 32
+        launch = KernelLaunch(source, f"attn_prefill_{name}", (TensorArg("out"), *inputs),
+                              (ceil_div(Sq, bq) * threads, Hq, B), (threads, 1, 1))
+        return _checked(LaunchPlan((launch,)))
+    threads = policy.decode_simdgroups * 32
+    if not split:
+        launch = KernelLaunch(source, f"attn_decode_{name}", (TensorArg("out"), *inputs, IntArg(Skv)),
+                              (threads, Hq, B), (threads, 1, 1))
+        return _checked(LaunchPlan((launch,)))
+    n_part = ceil_div(Skv, policy.partition_size)
+    parts = (TensorArg("part_m"), TensorArg("part_l"), TensorArg("part_o"))
+    partition = KernelLaunch(source, f"attn_decode_{name}", (*parts, *inputs, IntArg(policy.partition_size)),
+                             (n_part * threads, Hq, B), (threads, 1, 1))
+    reduce = KernelLaunch(source, f"attn_reduce_{name}", (TensorArg("out"), *parts, IntArg(n_part)),
+                          (B * Hq * Sq * 32,), (32,))
+    scratch = (Scratch("part_m", (B, Hq, Sq, n_part), torch.float32),
+               Scratch("part_l", (B, Hq, Sq, n_part), torch.float32),
+               Scratch("part_o", (B, Hq, Sq, n_part, Dv), torch.float32))
+    return _checked(LaunchPlan((partition, reduce), scratch))
+
+
+def _checked(plan: LaunchPlan) -> LaunchPlan:
+    for launch in plan.launches:
+        if len(launch.args) > MAX_BUFFERS:
+            raise ValueError(f"{launch.kernel}: {len(launch.args)} arguments exceed Metal's {MAX_BUFFERS} buffers")
+        group = math.prod(g for g in launch.group_size if isinstance(g, int))
+        if group > 1024:
+            raise ValueError(f"{launch.kernel}: threadgroup of {group} threads exceeds 1024")
+    return plan
+
+
+def _check_inputs(q, k, v, attn_mask, scale, is_causal, window) -> None:
+    """Every argument check, before any launch (also run by the fake implementation)."""
+    op = "attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(op, name, t, dim=4)
+    check_like(op, "k", k, q, "q")
+    check_like(op, "v", v, q, "q")
+    B, Hq, Sq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"mpsk.attention: batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"mpsk.attention: k has {k.shape[1]} heads but v has {v.shape[1]}")
+    if k.shape[3] != D:
+        raise ValueError(f"mpsk.attention: k's head dim {k.shape[3]} differs from q's {D}")
+    if v.shape[2] != k.shape[2]:
+        raise ValueError(f"mpsk.attention: v has {v.shape[2]} keys but k has {k.shape[2]}")
+    Hkv = k.shape[1]
+    if (Hkv == 0 and Hq != 0) or (Hkv != 0 and Hq % Hkv != 0):
+        raise ValueError(f"mpsk.attention: q's {Hq} heads are not a multiple of k/v's {Hkv} heads")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"mpsk.attention: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool:
+            check_tensor(op, "attn_mask", attn_mask)
+        if attn_mask.device != q.device:
+            raise ValueError(f"mpsk.attention: attn_mask is on {attn_mask.device} but q is on {q.device}")
+        target = (B, Hq, Sq, k.shape[2])
+        try:
+            ok = attn_mask.dim() <= 4 and torch.broadcast_shapes(attn_mask.shape, target) == target
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"mpsk.attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (B, Hq, Sq, Skv) "
+                f"= {target}"
+            )
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"mpsk.attention: scale must be a finite float or None, got {scale!r}")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"mpsk.attention: is_causal must be a bool, got {is_causal!r}")
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"mpsk.attention: window must be an int, got {window!r}")
+    if window == 0 or window < -1:
+        raise ValueError(f"mpsk.attention: window must be -1 (none) or positive, got {window}")
+
+
+def _keep(Sq: int, Skv: int, is_causal: bool, window: int, device: torch.device) -> torch.Tensor | None:
+    """(Sq, Skv) bool, True where the causal and window masks let query i see key j; None if neither applies."""
+    if not is_causal and window < 0:
+        return None
+    i = torch.arange(Sq, device=device)[:, None]
+    j = torch.arange(Skv, device=device)[None, :]
+    keep = torch.ones(Sq, Skv, dtype=torch.bool, device=device)
+    if is_causal:
+        keep = keep & (j <= i)
+    if window > 0:
+        keep = keep & (j > i - window)
+    return keep
+
+
+def attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1) -> torch.Tensor:
+    """ATen's F.scaled_dot_product_attention; the window, and the causal mask when there is also an
+    attn_mask (ATen's math path refuses the pair), become part of one explicit mask."""
+    if window > 0 or (is_causal and attn_mask is not None):
+        keep = _keep(q.shape[2], k.shape[2], is_causal, window, q.device)
+        if attn_mask is None:
+            attn_mask = keep
+        elif attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask & keep
+        else:
+            attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
+        is_causal = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                         enable_gqa=True)
+    return out.contiguous()
+
+
+def _lastdim_unit(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _run_metal(q, k, v, attn_mask, scale, is_causal, window, backend) -> torch.Tensor:
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    out = new_buffer((B, Hq, Sq, Dv), q.dtype, q.device)
+    if out.numel() == 0:
+        return out
+    if Skv == 0 or D == 0:  # no keys: PyTorch gives zeros; D == 0: leave the corner to ATen
+        return out.zero_() if Skv == 0 else attention_reference(q, k, v, attn_mask, scale, is_causal, window)
+    q, k, v = (_lastdim_unit(t) for t in (q, k, v))
+    tensors = {"out": out, "q": q, "k": k, "v": v}
+    mask_kind, mask_strides = MASK_NONE, None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            mask_kind, mask = MASK_BOOL, attn_mask.view(torch.uint8)
+        else:
+            mask_kind, mask = MASK_ADD, attn_mask.to(q.dtype)
+        mask = mask.expand(B, Hq, Sq, Skv)  # a view: broadcast dims get stride 0
+        tensors["mask"] = mask
+        mask_strides = tuple(mask.stride())
+    plan = attention_plan(
+        q.dtype, (B, Hq, Hkv, Sq, Skv, D, Dv), tuple(tuple(t.stride()[:3]) for t in (q, k, v)),
+        mask_kind=mask_kind, mask_strides=mask_strides, scale=1.0 / math.sqrt(D) if scale is None else scale,
+        is_causal=is_causal, window=window, policy=config.attention,
+    )
+    run_plan(plan, tensors, backend)
+    return out
+
+
+@torch.library.custom_op("mpsk::attention", mutates_args=())
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    window: int = -1,
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention (no dropout, GQA by index) with an optional sliding window.
+
+    q, k and v are read in place through their strides (e.g. transposed (B, S, H, D) views);
+    only a tensor whose last dimension is not unit-stride is copied. The mask is read through
+    broadcasting strides, never expanded in memory; a float mask of another dtype than q is
+    converted to q's dtype first. Returns a contiguous (B, Hq, Sq, Dv) tensor.
+    """
+    _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
+    backend = metal_backend(q)
+    if backend is None:
+        return attention_reference(q, k, v, attn_mask, scale, is_causal, window)
+    return _run_metal(q, k, v, attn_mask, scale, is_causal, window, backend)
+
+
+@attention.register_fake
+def _(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
+    _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
+    return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, attn_mask, scale, is_causal, window = inputs
+    ctx.save_for_backward(q, k, v, attn_mask)
+    ctx.scale, ctx.is_causal, ctx.window = scale, is_causal, window
+
+
+def _backward(ctx, grad):
+    """Recomputes P = softmax(Q K^T * scale + mask) in fp32 (fp64 for fp64) and applies
+    dV = P^T dO, dS = P * (dP - rowsum(dP * P)) with dP = dO V^T, dQ = dS K * scale,
+    dK = dS^T Q * scale; K/V gradients are summed over each GQA group. Hidden keys and
+    fully hidden rows get P = 0, hence zero gradient."""
+    q, k, v, attn_mask = ctx.saved_tensors
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    group = Hq // Hkv if Hkv else 1
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = 1.0 / math.sqrt(D) if ctx.scale is None else ctx.scale
+    qf, do = q.to(acc), grad.to(acc)
+    kf = k.to(acc).repeat_interleave(group, dim=1)
+    vf = v.to(acc).repeat_interleave(group, dim=1)
+    s = qf @ kf.transpose(-1, -2) * scale
+    if attn_mask is not None:
+        bool_mask = attn_mask.dtype == torch.bool
+        s = s.masked_fill(~attn_mask, float("-inf")) if bool_mask else s + attn_mask.to(acc)
+    keep = _keep(Sq, Skv, ctx.is_causal, ctx.window, q.device)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    hidden_row = s.amax(-1, keepdim=True) == float("-inf")
+    p = torch.softmax(s.masked_fill(hidden_row, 0.0), -1).masked_fill(hidden_row, 0.0)
+    dp = do @ vf.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dq = dk = dv = None
+    if ctx.needs_input_grad[0]:
+        dq = (ds @ kf * scale).to(q.dtype)
+    if ctx.needs_input_grad[1]:
+        dk = (ds.transpose(-1, -2) @ qf * scale).view(B, Hkv, group, Skv, D).sum(2).to(k.dtype)
+    if ctx.needs_input_grad[2]:
+        dv = (p.transpose(-1, -2) @ do).view(B, Hkv, group, Skv, -1).sum(2).to(v.dtype)
+    return dq, dk, dv, None, None, None, None
+
+
+attention.register_autograd(_backward, setup_context=_setup)

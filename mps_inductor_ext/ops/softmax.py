@@ -1,0 +1,126 @@
+"""mpsk::softmax: softmax and log_softmax over any dimension on softmax.metal."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .. import config
+from ..config import SoftmaxPolicy
+from ..shaders import load_source
+from .common import METAL_DTYPES, check_tensor, metal_backend, new_buffer, vector_aligned
+from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
+
+MAX_REGISTER_LOADS = 8  # loads per thread kept in registers; longer rows take the online form
+
+
+@functools.cache
+def _template() -> str:
+    return load_source("reduce") + load_source("softmax")
+
+
+def softmax_plan(
+    dtype: torch.dtype,
+    outer: int,
+    cols: int,
+    inner: int,
+    x_strides: tuple[int, int, int],
+    out_strides: tuple[int, int, int],
+    *,
+    log: bool,
+    vector_ok: bool,
+    policy: SoftmaxPolicy,
+) -> LaunchPlan:
+    """One threadgroup per row of an (outer, cols, inner) view, rows being (outer, inner) pairs.
+
+    Rows up to `policy.online_above` that fit in MAX_REGISTER_LOADS loads per thread are
+    read once into registers; longer rows take the online form (one read for the
+    running max and rescaled sum, one to write), so register use stays bounded.
+    `cols` must be concrete (it picks the variant); the other sizes may be symbolic.
+    """
+    if not isinstance(cols, int):
+        raise ValueError(f"softmax_plan: the row length picks the kernel variant and must be concrete, got {cols}")
+    vec = 4 if vector_ok and policy.vector_width == 4 else 1
+    threads = policy.threads_per_row or min(policy.max_threads_per_row, max(32, ceil_div(ceil_div(cols, vec), 32) * 32))
+    nreg = ceil_div(cols, threads * vec)
+    if cols > policy.online_above or nreg > MAX_REGISTER_LOADS:
+        nreg = 0
+    source = specialize(_template(), {"VEC": vec, "NREG": nreg, "LOG": log})
+    args = (TensorArg("out"), TensorArg("x"), IntArg(cols), IntArg(inner),
+            *(IntArg(s) for s in x_strides), *(IntArg(s) for s in out_strides))
+    rows = outer * inner
+    launch = KernelLaunch(source, f"softmax_{METAL_DTYPES[dtype]}", args, (rows * threads,), (threads,))
+    return LaunchPlan((launch,))
+
+
+def vector_ok(x3: torch.Tensor) -> bool:
+    """Whether 4-wide loads suit an (outer, cols, inner) view: rows along unit-stride columns,
+    each starting on a 4-element boundary (the output, contiguous, then is too)."""
+    return x3.shape[2] == 1 and x3.stride(1) == 1 and vector_aligned(x3[:, :, 0])
+
+
+def _run_metal(x: torch.Tensor, dim: int, log: bool, backend: str) -> torch.Tensor:
+    out = new_buffer(x.shape, x.dtype, x.device)
+    if x.numel() == 0:
+        return out
+    shape = x.shape if x.dim() else (1,)
+    outer, cols, inner = math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+    try:  # strided in place when the dims around `dim` merge; else one copy
+        x3 = x.view(outer, cols, inner)
+    except RuntimeError:
+        x3 = x.contiguous().view(outer, cols, inner)
+    out3 = out.view(outer, cols, inner)
+    plan = softmax_plan(x.dtype, outer, cols, inner, x3.stride(), out3.stride(), log=log,
+                        vector_ok=vector_ok(x3), policy=config.softmax)
+    run_plan(plan, {"out": out3, "x": x3}, backend)
+    return out
+
+
+def _check(input: torch.Tensor, dim: object, log: object) -> int:
+    """Validates the arguments and returns `dim` as a non-negative index."""
+    check_tensor("softmax", "input", input)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"mpsk.softmax: dim must be an int, got {dim!r}")
+    if not isinstance(log, bool):
+        raise TypeError(f"mpsk.softmax: log must be a bool, got {log!r}")
+    ndim = max(input.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"mpsk.softmax: dim {dim} is out of range for input of shape {tuple(input.shape)}")
+    return dim % ndim
+
+
+@torch.library.custom_op("mpsk::softmax", mutates_args=())
+def softmax(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
+    """torch.softmax (or torch.log_softmax with `log`) over `dim`, in the input's dtype.
+
+    fp32 accumulation; rows whose max is infinite (all -inf, or holding +inf) give
+    NaN as ATen does. The output is always contiguous.
+    """
+    d = _check(input, dim, log)
+    backend = metal_backend(input)
+    if backend is None:
+        return (torch.log_softmax if log else torch.softmax)(input, dim).contiguous()
+    return _run_metal(input, d, log, backend)
+
+
+@softmax.register_fake
+def _(input, dim, log=False):
+    _check(input, dim, log)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    input, dim, log = inputs
+    ctx.save_for_backward(output)
+    ctx.dim, ctx.log, ctx.input_dtype = dim, log, input.dtype
+
+
+def _backward(ctx, grad):
+    (out,) = ctx.saved_tensors
+    fn = torch.ops.aten._log_softmax_backward_data if ctx.log else torch.ops.aten._softmax_backward_data
+    return fn(grad, out, ctx.dim, ctx.input_dtype), None, None
+
+
+softmax.register_autograd(_backward, setup_context=_setup)

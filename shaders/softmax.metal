@@ -1,0 +1,156 @@
+// softmax and log_softmax over one dimension: one threadgroup per row, fp32
+// accumulation, max-subtracted so large magnitudes neither overflow nor lose
+// the small terms. Reductions from reduce.metal.
+//
+// A tensor is seen as (outer, n_cols, inner) with element strides; row r of
+// the launch is (r / inner, r % inner), so softmax over a middle or leading
+// dimension reads the input in place instead of moving the dimension last.
+//
+// Specialized by the host (ops/softmax.py):
+//   VEC   1 or 4: elements per load; 4 only when every row is contiguous and
+//         4-aligned (then the column strides are 1 and are not read)
+//   NREG  0 for the online form (long rows: running max and rescaled sum in
+//         one read, then a second read to write), else the loads per thread
+//         kept in registers (row read once)
+//   LOG   0 for softmax, 1 for log_softmax
+//
+// Buffers (in order): out, x, then int64 n_cols, inner, x_outer_stride,
+// x_col_stride, x_inner_stride, out_outer_stride, out_col_stride,
+// out_inner_stride (in elements).
+//
+// Rows whose max is infinite (all -inf, or holding +inf) give NaN, as ATen
+// does; this is written explicitly rather than left to inf arithmetic, which
+// fast math does not guarantee.
+
+#define SOFTMAX_NEG_INF (-numeric_limits<float>::infinity())
+
+template <typename T>
+struct SoftmaxIO {
+  static inline void load(const device T* row, long c, long stride, thread float* dst) {
+#if VEC == 4
+    const float4 v = float4(*(const device vec<T, 4>*)(row + c));
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+#else
+    dst[0] = float(row[c * stride]);
+#endif
+  }
+
+  static inline void store(device T* row, long c, long stride, thread const float* src) {
+#if VEC == 4
+    *(device vec<T, 4>*)(row + c) = vec<T, 4>(float4(src[0], src[1], src[2], src[3]));
+#else
+    row[c * stride] = T(src[0]);
+#endif
+  }
+};
+
+// exp(v - m), with -inf inputs contributing exactly 0 (also when m is -inf).
+inline float exp_shift(float v, float m) {
+  return v == SOFTMAX_NEG_INF ? 0.0f : exp(v - m);
+}
+
+// The output for input v, or for softmax in registers e = exp(v - m) already
+// taken. log: (v - m) - log(sum), subtracted in that order so m + log(sum)
+// never rounds away the small difference when |m| is large.
+inline float finish(float v, float m, float inv_sum, float log_sum, bool finite_max, bool v_is_exp) {
+  if (!finite_max) {
+    return numeric_limits<float>::quiet_NaN();
+  }
+#if LOG
+  return (v - m) - log_sum;
+#else
+  return (v_is_exp ? v : exp_shift(v, m)) * inv_sum;
+#endif
+}
+
+template <typename T>
+kernel void softmax(
+    device T* out, const device T* x,
+    constant long& n_cols, constant long& inner,
+    constant long& x_outer_stride, constant long& x_col_stride, constant long& x_inner_stride,
+    constant long& out_outer_stride, constant long& out_col_stride, constant long& out_inner_stride,
+    uint row [[threadgroup_position_in_grid]],
+    uint tid [[thread_position_in_threadgroup]],
+    uint tg_size [[threads_per_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]],
+    uint simd_id [[simdgroup_index_in_threadgroup]],
+    uint n_simd [[simdgroups_per_threadgroup]]) {
+  threadgroup float scratch[32];
+  const long o = long(row) / inner;
+  const long i = long(row) % inner;
+  const device T* xr = x + o * x_outer_stride + i * x_inner_stride;
+  device T* yr = out + o * out_outer_stride + i * out_inner_stride;
+  float tmp[VEC];
+#if NREG > 0
+  float vals[NREG * VEC];
+  float m = SOFTMAX_NEG_INF;
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      SoftmaxIO<T>::load(xr, c, x_col_stride, vals + r * VEC);
+      for (int j = 0; j < VEC; ++j) m = max(m, vals[r * VEC + j]);
+    }
+  }
+  m = threadgroup_max(m, scratch, lane, simd_id, n_simd);
+  float s = 0.0f;
+  for (int r = 0; r < NREG; ++r) {
+    if ((long(r) * tg_size + tid) * VEC < n_cols) {
+      for (int j = 0; j < VEC; ++j) {
+        const float e = exp_shift(vals[r * VEC + j], m);
+        s += e;
+#if !LOG
+        vals[r * VEC + j] = e;
+#endif
+      }
+    }
+  }
+#else
+  // Online: m is this thread's running max, s its sum of exp(v - m), rescaled
+  // whenever m grows; the threads' pairs are merged after the loop.
+  float m = SOFTMAX_NEG_INF;
+  float s = 0.0f;
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
+    for (int j = 0; j < VEC; ++j) {
+      const float v = tmp[j];
+      if (v > m) {
+        s = s * exp_shift(m, v) + 1.0f;
+        m = v;
+      } else {
+        s += exp_shift(v, m);
+      }
+    }
+  }
+  const float m_thread = m;
+  m = threadgroup_max(m_thread, scratch, lane, simd_id, n_simd);
+  s *= exp_shift(m_thread, m);
+#endif
+  s = threadgroup_sum(s, scratch, lane, simd_id, n_simd);
+  const bool finite_max = isfinite(m);
+  const float inv_sum = 1.0f / s;
+  const float log_sum = log(s);
+#if NREG > 0
+  for (int r = 0; r < NREG; ++r) {
+    const long c = (long(r) * tg_size + tid) * VEC;
+    if (c < n_cols) {
+      for (int j = 0; j < VEC; ++j) tmp[j] = finish(vals[r * VEC + j], m, inv_sum, log_sum, finite_max, true);
+      SoftmaxIO<T>::store(yr, c, out_col_stride, tmp);
+    }
+  }
+#else
+  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+    SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
+    for (int j = 0; j < VEC; ++j) tmp[j] = finish(tmp[j], m, inv_sum, log_sum, finite_max, false);
+    SoftmaxIO<T>::store(yr, c, out_col_stride, tmp);
+  }
+#endif
+}
+
+#define INSTANTIATE_SOFTMAX(T, host) \
+  template [[host_name(host)]] [[kernel]] decltype(softmax<T>) softmax<T>;
+INSTANTIATE_SOFTMAX(float, "softmax_float")
+INSTANTIATE_SOFTMAX(half, "softmax_half")
+INSTANTIATE_SOFTMAX(bfloat, "softmax_bfloat")
