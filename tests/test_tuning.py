@@ -57,3 +57,16 @@ def test_corrupt_file_is_ignored():
     tuning.path().write_text("{not json")
     tuning._memo.clear()
     assert tuning.lookup("rms_norm", torch.float32, 100) is None
+
+
+def test_softmax_takes_its_recorded_size():
+    from mps_inductor_ext.ops.softmax import softmax_plan
+
+    def group():
+        plan = softmax_plan(torch.float32, 2, 1000, 1, (1000, 1, 1), (1000, 1, 1), log=False, vector_ok=True,
+                            policy=config.softmax)
+        return plan.launches[0].group_size
+
+    assert group() != (64,)
+    tuning.record("softmax", torch.float32, 1000, 64)
+    assert group() == (64,)

@@ -10,7 +10,7 @@ import torch
 from .. import config
 from ..config import SoftmaxPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_tensor, metal_backend, new_buffer, vector_aligned
+from .common import METAL_DTYPES, check_tensor, metal_backend, new_buffer, threads_per_row, vector_aligned
 from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
 
 MAX_REGISTER_LOADS = 8  # loads per thread kept in registers; longer rows take the online form
@@ -43,7 +43,7 @@ def softmax_plan(
     if not isinstance(cols, int):
         raise ValueError(f"softmax_plan: the row length picks the kernel variant and must be concrete, got {cols}")
     vec = 4 if vector_ok and policy.vector_width == 4 else 1
-    threads = policy.threads_per_row or min(policy.max_threads_per_row, max(32, ceil_div(ceil_div(cols, vec), 32) * 32))
+    threads = threads_per_row("softmax", dtype, cols, vec, policy)
     nreg = ceil_div(cols, threads * vec)
     if cols > policy.online_above or nreg > MAX_REGISTER_LOADS:
         nreg = 0
