@@ -1,8 +1,26 @@
 """mps_inductor_ext: a torch.compile / Inductor backend for Apple Silicon with hand-written Metal kernels."""
 
-from . import config, ops, shaders
+from . import config, diagnostics, ops, shaders
+from .backend import MetalKernelsNotUsedWarning
+from .backend import register as _register_backend
+from .diagnostics import explain
+from .passes import counters, reset_counters
 from .shaders import KernelError, compile_shader
 
 __version__ = "0.1.0"
 
-__all__ = ["KernelError", "compile_shader", "config", "ops", "shaders", "__version__"]
+__all__ = [
+    "KernelError",
+    "MetalKernelsNotUsedWarning",
+    "__version__",
+    "compile_shader",
+    "config",
+    "counters",
+    "diagnostics",
+    "explain",
+    "ops",
+    "reset_counters",
+    "shaders",
+]
+
+_register_backend()

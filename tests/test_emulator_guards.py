@@ -516,7 +516,8 @@ def test_misaligned_vector_load_from_an_unaligned_view(emulate):
     lib.load4(out, base[4:])  # a 16-byte-aligned view: fine
     torch.testing.assert_close(out, base[4:].view(4, 4).sum(1))
     out = torch.full((4,), float("nan"))
-    with pytest.raises(KernelError, match=r"kernel 'load4': misaligned pointer to a 16-byte-aligned vector type at line 5"):
+    misaligned = r"kernel 'load4': misaligned pointer to a 16-byte-aligned vector type at line 5"
+    with pytest.raises(KernelError, match=misaligned):
         lib.load4(out, base[1:17])
     assert out.isnan().all()
 

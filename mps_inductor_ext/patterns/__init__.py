@@ -1,0 +1,94 @@
+"""Pattern families that replace subgraphs of Dynamo's graph with mpsk ops.
+
+Each family module exposes `match(node) -> Rewrite | NearMiss | None`, anchored
+at one node of the graph. `apply` walks the graph once per family, in an order
+where a larger pattern (eager attention, which contains a softmax) runs before
+the patterns it contains. Matching happens on Dynamo's torch-level graph, which
+is the same on a Mac and elsewhere: the per-device decompositions that split
+SDPA or softmax into different aten graphs come later, in AOTAutograd.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.fx import Graph, Node
+
+from .. import config, diagnostics
+from .fx import erase_dead, erased, tensor
+
+ORDER = ("attention", "rope", "rms_norm", "layer_norm", "softmax")
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """A match: `build(graph)` inserts the replacement before `anchor`, whose uses it takes over."""
+
+    kind: str
+    anchor: Node
+    inputs: Sequence[object]  # the tensors the op reads: they decide the device
+    build: Callable[[Graph], Node]
+    matched: Sequence[Node]  # nodes that die once the anchor is replaced
+    detail: str | None = None
+
+
+@dataclasses.dataclass
+class NearMiss:
+    """Something that looks like the pattern but must not be replaced, and why."""
+
+    kind: str
+    anchor: Node
+    reason: str
+
+
+def _families() -> dict[str, Callable[[Node], Rewrite | NearMiss | None]]:
+    from . import attention, layer_norm, rms_norm, rope, softmax
+
+    return {"attention": attention.match, "rope": rope.match, "rms_norm": rms_norm.match,
+            "layer_norm": layer_norm.match, "softmax": softmax.match}
+
+
+def metal_device(inputs: Sequence[object]) -> bool:
+    """Whether the op's inputs live where a Metal kernel runs: MPS, or the CPU under emulation."""
+    devices = {t.device.type for t in (tensor(i) for i in inputs) if t is not None}
+    return devices == {"mps"} or (devices == {"cpu"} and config.emulate_metal)
+
+
+def apply(graph: Graph) -> collections.Counter:
+    """Replaces every match in `graph`; returns how many of each kind."""
+    done: collections.Counter = collections.Counter()
+    families = _families()
+    for kind in ORDER:
+        match = families[kind]
+        for node in list(graph.nodes):
+            if erased(node):  # by an earlier rewrite
+                continue
+            found = match(node)
+            if found is None:
+                continue
+            if not config.patterns[kind]:
+                diagnostics.record_near_miss(kind, f"the {kind} pattern is switched off in config.patterns", node.meta)
+                continue
+            if isinstance(found, NearMiss):
+                diagnostics.record_near_miss(found.kind, found.reason, found.anchor.meta)
+                continue
+            if not metal_device(found.inputs):
+                continue
+            new = found.build(graph)
+            found.anchor.replace_all_uses_with(new)
+            erase_dead(graph, [found.anchor, *found.matched])
+            done[kind] += 1
+            diagnostics.record_replacement(kind, found.anchor.meta, detail=found.detail)
+    return done
+
+
+def supported_dtype(*values: object) -> str | None:
+    """Why these tensors cannot take a Metal kernel, by dtype, or None if they can."""
+    for v in values:
+        t = tensor(v)
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"{t.dtype} has no Metal kernel (float32, float16 and bfloat16 do)"
+    return None

@@ -1,0 +1,166 @@
+"""FX helpers for matching Dynamo's torch-level graphs.
+
+Dynamo records what the user wrote: `x.pow(2)` is a method call, `x ** 2` an
+operator, `torch.pow(x, 2)` a function. `op_name` folds those spellings into
+one name, so a pattern is written once per operation, not once per spelling.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.fx import Graph, Node
+
+_FUNCTIONS: dict[Any, str] = {
+    operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div",
+    operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
+    operator.neg: "neg", torch.neg: "neg", operator.pow: "pow", torch.pow: "pow",
+    torch.mean: "mean", torch.rsqrt: "rsqrt", torch.sqrt: "sqrt", torch.cat: "cat", torch.concat: "cat",
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
+    torch.transpose: "transpose", torch.softmax: "softmax", F.softmax: "softmax",
+    torch.log_softmax: "log_softmax", F.log_softmax: "log_softmax",
+    F.dropout: "dropout", torch.dropout: "dropout", operator.getitem: "getitem",
+    torch.reshape: "reshape", torch.unsqueeze: "unsqueeze", torch.stack: "stack", torch.flatten: "flatten",
+    F.scaled_dot_product_attention: "sdpa", F.rms_norm: "rms_norm", torch.rms_norm: "rms_norm",
+    F.layer_norm: "layer_norm", torch.layer_norm: "layer_norm",
+    torch.repeat_interleave: "repeat_interleave", torch.where: "where",
+}
+_METHODS: dict[str, str] = {
+    "mul": "mul", "__mul__": "mul", "div": "div", "__truediv__": "div", "add": "add", "__add__": "add",
+    "sub": "sub", "neg": "neg", "pow": "pow", "__pow__": "pow", "mean": "mean", "rsqrt": "rsqrt", "sqrt": "sqrt",
+    "matmul": "matmul", "transpose": "transpose", "softmax": "softmax", "log_softmax": "log_softmax",
+    "reshape": "reshape", "view": "reshape", "unsqueeze": "unsqueeze", "expand": "expand", "flatten": "flatten",
+    "to": "to", "float": "to", "half": "to", "bfloat16": "to", "type_as": "to", "type": "to",
+    "contiguous": "contiguous", "repeat_interleave": "repeat_interleave",
+}
+
+
+def op_name(node: object) -> str | None:
+    """The operation a node performs, whatever spelling the user chose; None for others."""
+    if not isinstance(node, Node):
+        return None
+    if node.op == "call_function":
+        try:
+            return _FUNCTIONS.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    if node.op == "call_method":
+        return _METHODS.get(node.target)
+    return None
+
+
+def is_op(node: object, *names: str) -> bool:
+    return op_name(node) in names
+
+
+def val(node: object) -> Any:
+    """The example value Dynamo recorded for a node (a fake tensor), or the constant itself."""
+    if isinstance(node, Node):
+        return node.meta.get("example_value", node.meta.get("val"))
+    return node
+
+
+def tensor(node: object) -> torch.Tensor | None:
+    v = val(node)
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def arg(node: Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument `index` (positional) or `name` (keyword) of a call, else `default`.
+
+    For method calls argument 0 is the tensor itself.
+    """
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def constant(value: object) -> Any:
+    """A Python constant passed to a call, or None when it is a graph value."""
+    if isinstance(value, Node):
+        return None
+    return value
+
+
+def last_dim(dim: object, ndim: int) -> bool:
+    """Whether `dim` names the last dimension of an `ndim`-dimensional tensor."""
+    if isinstance(dim, (list, tuple)):
+        if len(dim) != 1:
+            return False
+        dim = dim[0]
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim in (-1, ndim - 1)
+
+
+def cast_target(node: Node) -> torch.dtype | None:
+    """The dtype a `to`/`float`/`half`/`type_as` call converts to, if it is only a dtype cast."""
+    if node.op != "call_method":
+        return None
+    name = node.target
+    fixed = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
+    if name in fixed:
+        return fixed[name] if len(node.args) == 1 and not node.kwargs else None
+    out = tensor(node)
+    if name in ("to", "type_as", "type") and out is not None:
+        inp = tensor(node.args[0])
+        if inp is not None and inp.device == out.device:
+            return out.dtype
+    return None
+
+
+def strip_casts(node: object) -> object:
+    """Follows dtype casts back to the value they convert."""
+    while isinstance(node, Node) and op_name(node) == "to" and cast_target(node) is not None:
+        node = node.args[0]
+    return node
+
+
+def only_user(node: Node) -> Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def operands(node: Node) -> tuple[object, object]:
+    """The two operands of a binary add/mul/sub/div call."""
+    a = node.args[0] if node.args else node.kwargs.get("input")
+    b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    return a, b
+
+
+def other_operand(node: Node, one: object) -> object:
+    a, b = operands(node)
+    return b if a is one else a if b is one else None
+
+
+def insert_call(graph: Graph, anchor: Node, fn: Callable, args: Sequence[object]) -> Node:
+    """Inserts `fn(*args)`, which computes `anchor`'s value, just before `anchor`.
+
+    The new node takes the anchor's recorded example value and source location:
+    the replacement has the same shape, dtype and device by construction.
+    """
+    with graph.inserting_before(anchor):
+        new = graph.call_function(fn, tuple(args))
+    for key in ("example_value", "stack_trace", "nn_module_stack", "source_fn_stack"):
+        if key in anchor.meta:
+            new.meta[key] = anchor.meta[key]
+    return new
+
+
+def erase_dead(graph: Graph, nodes: Sequence[Node]) -> None:
+    """Removes the matched nodes nothing uses any more (users first)."""
+    pending = list(dict.fromkeys(nodes))
+    changed = True
+    while changed:
+        changed = False
+        for n in reversed(pending):
+            if not n.users and n.op in ("call_function", "call_method") and not n.is_impure():
+                graph.erase_node(n)
+                pending.remove(n)
+                changed = True
+
+
+def erased(node: Node) -> bool:
+    return getattr(node, "_erased", False)

@@ -1,0 +1,37 @@
+"""LayerNorm: F.layer_norm / nn.LayerNorm over the last dimension."""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from . import NearMiss, Rewrite, supported_dtype
+from .fx import arg, constant, insert_call, op_name, tensor
+
+KIND = "layer_norm"
+
+
+def match(node: Node) -> Rewrite | NearMiss | None:
+    if op_name(node) != "layer_norm":
+        return None
+    x, weight, bias = arg(node, 0, "input"), arg(node, 2, "weight"), arg(node, 3, "bias")
+    shape, eps = constant(arg(node, 1, "normalized_shape")), arg(node, 4, "eps", 1e-5)
+    xt = tensor(x)
+    if xt is None:
+        return None
+    if not isinstance(shape, (list, tuple)) or len(shape) != 1:
+        return NearMiss(KIND, node, "normalizes over more than the last dimension")
+    if isinstance(eps, Node):
+        return NearMiss(KIND, node, "eps is computed at run time; the kernel needs it at compile time")
+    why = supported_dtype(x, weight, bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        tt = tensor(t)
+        if why is None and t is not None and (tt is None or tt.dtype != xt.dtype):
+            why = f"the {name} is {getattr(tt, 'dtype', 'unknown')} but the input is {xt.dtype}"
+    if why:
+        return NearMiss(KIND, node, why)
+
+    def build(graph):
+        return insert_call(graph, node, torch.ops.mpsk.layer_norm.default, (x, weight, bias, float(eps)))
+
+    return Rewrite(KIND, node, [t for t in (x, weight, bias) if t is not None], build, [])

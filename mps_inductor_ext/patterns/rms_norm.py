@@ -1,0 +1,169 @@
+"""RMSNorm: F.rms_norm / nn.RMSNorm, and the forms written out by hand.
+
+    h = x.to(torch.float32)                            # optional upcast
+    y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = w * y.to(x.dtype)                             # Llama; or y * (1.0 + w.float()) (Gemma); or no weight
+
+The written-out form is anchored at the rsqrt and followed outwards. Every
+intermediate must feed only the next step, or the op could not serve its other
+uses; q/k-norm over the head dimension is the same form on a 4-D tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from . import NearMiss, Rewrite, supported_dtype
+from .fx import (
+    arg,
+    cast_target,
+    constant,
+    insert_call,
+    is_op,
+    last_dim,
+    only_user,
+    op_name,
+    operands,
+    other_operand,
+    strip_casts,
+    tensor,
+)
+
+KIND = "rms_norm"
+
+
+def match(node: Node) -> Rewrite | NearMiss | None:
+    if op_name(node) == "rms_norm":
+        return _functional(node)
+    if op_name(node) == "rsqrt":
+        return _written_out(node)
+    return None
+
+
+def _rewrite(anchor: Node, x: object, weight: object, eps: float, offset: float, matched: list[Node]) -> Rewrite:
+    def build(graph):
+        return insert_call(graph, anchor, torch.ops.mpsk.rms_norm.default, (x, weight, eps, offset))
+
+    return Rewrite(KIND, anchor, [x] + ([weight] if weight is not None else []), build, matched)
+
+
+def _checks(anchor: Node, x: object, weight: object) -> str | None:
+    xt, out = tensor(x), tensor(anchor)
+    if xt is None or out is None:
+        return "shapes or dtypes are unknown"
+    why = supported_dtype(x, weight)
+    if why:
+        return why
+    if out.dtype != xt.dtype:
+        return f"the result is {out.dtype} but the input is {xt.dtype}; the op returns the input's dtype"
+    w = tensor(weight)
+    if weight is not None:
+        if w is None or w.dim() != 1 or w.shape[0] != xt.shape[-1]:
+            return "the weight is not a 1-D tensor the size of the last dimension"
+        if w.dtype != xt.dtype:
+            return f"the weight is {w.dtype} but the input is {xt.dtype}"
+    return None
+
+
+def _functional(node: Node) -> Rewrite | NearMiss | None:
+    x = arg(node, 0, "input")
+    shape = constant(arg(node, 1, "normalized_shape"))
+    weight = arg(node, 2, "weight")
+    eps = constant(arg(node, 3, "eps"))
+    xt = tensor(x)
+    if xt is None:
+        return None
+    if not isinstance(shape, (list, tuple)) or len(shape) != 1:
+        return NearMiss(KIND, node, "normalizes over more than the last dimension")
+    if isinstance(arg(node, 3, "eps"), Node):
+        return NearMiss(KIND, node, "eps is computed at run time; the kernel needs it at compile time")
+    if eps is None:
+        eps = torch.finfo(xt.dtype).eps
+    why = _checks(node, x, weight)
+    if why:
+        return NearMiss(KIND, node, why)
+    return _rewrite(node, x, weight, float(eps), 0.0, [])
+
+
+def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
+    add = rsqrt.args[0]
+    if not is_op(add, "add"):
+        return None
+    a, b = operands(add)
+    mean, eps = (a, b) if isinstance(a, Node) else (b, a)
+    if not is_op(mean, "mean") or not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        return None
+    square = mean.args[0]
+    if not (is_op(square, "pow") and constant(arg(square, 1, "exponent")) == 2):
+        return None
+    h = square.args[0]
+    ht = tensor(h)
+    if ht is None:
+        return None
+    if not (last_dim(constant(arg(mean, 1, "dim")), ht.dim()) and constant(arg(mean, 2, "keepdim", False)) is True):
+        return NearMiss(KIND, rsqrt, "the mean of squares is not over the last dimension with keepdim=True")
+    scaled = only_user(rsqrt)
+    if scaled is None or not is_op(scaled, "mul") or other_operand(scaled, rsqrt) is not h:
+        return None
+    matched = [square, mean, add, rsqrt, scaled]
+    for n in matched[:-1]:
+        if len(n.users) != 1:
+            return NearMiss(KIND, rsqrt, f"an intermediate ({n.name}) is used elsewhere, which the op cannot serve")
+    x = strip_casts(h)
+    if h is not x:
+        if set(h.users) != {square, scaled}:
+            return NearMiss(KIND, rsqrt, "the upcast input is used elsewhere, which the op cannot serve")
+        matched.append(h)
+
+    # Outwards from the normalized value: casts, an optional weight (plain, or Gemma's 1 + w), casts.
+    out = _follow_casts(scaled, matched)
+    weight, offset = None, 0.0
+    user = only_user(out)
+    if user is not None and is_op(user, "mul"):
+        weight, offset, weight_nodes = _weight(other_operand(user, out))
+        if weight is not None:
+            matched += [out, *weight_nodes]
+            out = _follow_casts(user, matched)
+    why = _checks(out, x, weight)
+    if why:
+        return NearMiss(KIND, out, why)
+    return _rewrite(out, x, weight, float(eps), offset, matched)
+
+
+def _cast_chain(node: object) -> tuple[object, list[Node]]:
+    """The value under a chain of dtype casts, and the casts."""
+    casts = []
+    while isinstance(node, Node) and op_name(node) == "to" and cast_target(node) is not None:
+        casts.append(node)
+        node = node.args[0]
+    return node, casts
+
+
+def _weight(w: object) -> tuple[Node | None, float, list[Node]]:
+    """The weight multiplying the normalized value: `w`, or Gemma's `1.0 + w`, each possibly cast."""
+    offset, nodes = 0.0, []
+    if is_op(w, "add"):
+        a, b = operands(w)
+        if constant(a) in (1, 1.0) and isinstance(b, Node):
+            offset, nodes, w = 1.0, [w], b
+        elif constant(b) in (1, 1.0) and isinstance(a, Node):
+            offset, nodes, w = 1.0, [w], a
+        else:
+            return None, 0.0, []
+    base, casts = _cast_chain(w)
+    t = tensor(base)
+    if not isinstance(base, Node) or t is None or t.dim() != 1:
+        return None, 0.0, []
+    return base, offset, nodes + casts
+
+
+def _follow_casts(node: Node, matched: list[Node]) -> Node:
+    """Steps through dtype casts that are the only use of `node`; returns the last one
+    (the earlier nodes join `matched`)."""
+    while True:
+        user = only_user(node)
+        if user is None or op_name(user) != "to" or cast_target(user) is None:
+            return node
+        matched.append(node)
+        node = user
