@@ -601,6 +601,19 @@ class _Rewriter:
             used.add(nxt)
         return params
 
+    def top_level(self, idxs: list[int]) -> set[int]:
+        """The tokens among `idxs` outside any (), [] or <> nesting."""
+        outer, depth = set(), 0
+        for d in idxs:
+            text = self.toks[d].text
+            if text in (">", ")", "]"):
+                depth -= 1
+            if depth == 0 and text not in ("<", "(", "["):
+                outer.add(d)
+            if text in ("<", "(", "["):
+                depth += 1
+        return outer
+
     def threadgroup_vars(self, body_start: int, body_end: int, kname: str) -> list[tuple[str, str]]:
         """Rewrites kernel-scope `threadgroup T name[N];` into views of the group's shared arena."""
         toks = self.toks
@@ -619,30 +632,14 @@ class _Rewriter:
             while toks[end].text != ";":
                 end += 1
             decl = list(range(k + 1, end))
+            outer = self.top_level(decl)
             # A pointer or reference into threadgroup memory is an ordinary local.
-            depth = 0
-            is_var = True
-            for d in decl:
-                s = toks[d].text
-                if s in ("<", "(", "["):
-                    depth += 1
-                elif s in (">", ")", "]"):
-                    depth -= 1
-                elif s in ("*", "&") and depth == 0:
-                    is_var = False
-                    break
-            if not is_var:
+            if any(toks[d].text in ("*", "&") for d in outer):
                 k = end + 1
                 continue
             declarators: list[list[int]] = [[]]
-            depth = 0
             for d in decl:
-                s = toks[d].text
-                if s in ("<", "(", "["):
-                    depth += 1
-                elif s in (">", ")", "]"):
-                    depth -= 1
-                if s == "," and depth == 0:
+                if d in outer and toks[d].text == ",":
                     declarators.append([])
                 else:
                     declarators[-1].append(d)

@@ -124,6 +124,14 @@ def library_path(source: str) -> Path:
     return cache_dir() / f"{key}.so"
 
 
+def _clang(args: list[str], tmp: str) -> str:
+    """Runs zig's clang in `tmp`; its stdout, or SyntaxError with its diagnostics."""
+    proc = subprocess.run([zig_executable(), "c++", *args], capture_output=True, text=True, cwd=tmp, check=False)
+    if proc.returncode != 0:
+        raise _compile_error(proc.stderr, tmp)
+    return proc.stdout
+
+
 def build(source: str) -> Path:
     """Returns the path of the built library for `source`, compiling it if not cached.
 
@@ -141,28 +149,12 @@ def build(source: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="mpsk-build-") as tmp:
         src = Path(tmp) / "shader.metal"
         src.write_text(source)
-        pre = subprocess.run(
-            [zig_executable(), "c++", *PREPROCESS_FLAGS, "-I", str(INCLUDE_DIR / "stub"), str(src)],
-            capture_output=True,
-            text=True,
-            cwd=tmp,
-            check=False,
-        )
-        if pre.returncode != 0:
-            raise _compile_error(pre.stderr, tmp)
-        prepared = prepass.prepare(pre.stdout, filename="shader.metal")
+        preprocessed = _clang([*PREPROCESS_FLAGS, "-I", str(INCLUDE_DIR / "stub"), str(src)], tmp)
+        prepared = prepass.prepare(preprocessed, filename="shader.metal")
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"
-        cc = subprocess.run(
-            [zig_executable(), "c++", *COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)],
-            capture_output=True,
-            text=True,
-            cwd=tmp,
-            check=False,
-        )
-        if cc.returncode != 0:
-            raise _compile_error(cc.stderr, tmp)
+        _clang([*COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)], tmp)
         staged = out.with_suffix(f".{os.getpid()}.tmp")
         staged.write_bytes(tmp_out.read_bytes())
         os.replace(staged, out)
