@@ -125,3 +125,108 @@ def _layer_norm_reference(x, weight, bias, eps):
 
 register_check("rms_norm", _rms_norm_cases, _rms_norm_reference)
 register_check("layer_norm", _layer_norm_cases, _layer_norm_reference)
+
+
+# ---------------------------------------------------------------- attention
+
+ATTENTION_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _attention_cases() -> Iterable[Case]:
+    """Prefill and decode, causal, GQA, bool and additive masks, a window, uneven head dims."""
+    shapes = [  # (B, Hq, Hkv, Sq, Skv, D, Dv), options
+        ((1, 2, 2, 5, 5, 16, 16), {}),
+        ((2, 4, 2, 9, 9, 32, 32), {"is_causal": True}),
+        ((1, 4, 1, 1, 12, 64, 64), {}),  # decode, multi-query
+        ((1, 2, 1, 7, 7, 24, 8), {"is_causal": True, "window": 3}),
+        ((1, 2, 2, 6, 10, 16, 16), {"scale": 0.2}),
+    ]
+    seed = 0
+    for dtype in NORM_DTYPES:
+        for (B, Hq, Hkv, Sq, Skv, D, Dv), kw in shapes:
+            g = _gen(seed := seed + 1)
+            q, k = torch.randn(B, Hq, Sq, D, generator=g), torch.randn(B, Hkv, Skv, D, generator=g)
+            v = torch.randn(B, Hkv, Skv, Dv, generator=g)
+            label = f"{str(dtype).removeprefix('torch.')} {B}x{Hq}/{Hkv}x{Sq}x{Skv}x{D}/{Dv} {kw or ''}".rstrip()
+            yield Case(label, (q.to(dtype), k.to(dtype), v.to(dtype)), kw, ATTENTION_TOL[dtype])
+    g = _gen(50)
+    q, k, v = (torch.randn(1, 2, 6, 16, generator=g) for _ in range(3))
+    keep = torch.rand(1, 1, 6, 6, generator=g) > 0.3
+    keep[..., 0, :] = False  # a fully hidden row gives 0
+    yield Case("float32 bool mask (1,1,S,S)", (q, k, v, keep), {}, ATTENTION_TOL[torch.float32])
+    bias = torch.randn(2, 1, 6, generator=g).half()
+    yield Case("float16 additive mask (H,1,Skv)", (q.half(), k.half(), v.half(), bias), {"is_causal": True},
+               ATTENTION_TOL[torch.float16])
+
+
+def _attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
+    """mpsk's ATen reference in float64, cast back to q's dtype."""
+    from .attention import attention_reference
+
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.double()
+    out = attention_reference(q.double(), k.double(), v.double(), attn_mask, scale, is_causal, window)
+    return out.to(q.dtype)
+
+
+register_check("attention", _attention_cases, _attention_reference)
+
+
+# ---------------------------------------------------------------- softmax and rope
+
+
+def _softmax_cases() -> Iterable[Case]:
+    """Last-dim rows of every length class (1, odd, vector-aligned, past online_above), both forms;
+    then a middle and a leading dim, where the kernel walks strided rows."""
+    for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
+        x = (3 * torch.randn(shape, generator=_gen(400 + i))).to(dtype)
+        yield Case(_shape_label(shape, dtype), (x, -1, False))
+        yield Case(_shape_label(shape, dtype) + " log", (x, -1, True))
+    x = 3 * torch.randn(2, 33, 5, generator=_gen(10))
+    yield Case("float32 2x33x5 dim 1", (x, 1, False))
+    yield Case("float32 2x33x5 dim 0 log", (x, 0, True))
+
+
+def _softmax_reference(x, dim, log=False):
+    """ATen's softmax in float32, rounded once to x's dtype (the op's contract)."""
+    return (torch.log_softmax if log else torch.softmax)(x.float(), dim).to(x.dtype)
+
+
+ROPE_SHAPES = [  # (B, H, S, D), R, the shape cos and sin broadcast from
+    ((1, 1, 1, 2), 2, (1, 2)),
+    ((2, 3, 5, 8), 8, (5, 8)),
+    ((2, 3, 5, 8), 8, (2, 1, 5, 8)),
+    ((1, 4, 7, 64), 32, (1, 1, 7, 32)),
+    ((2, 3, 2, 10), 4, (2, 3, 1, 4)),  # GPT-J's (B, S, H, D) with (B, S, 1, R) tables, partial
+]
+
+
+def _rope_cases() -> Iterable[Case]:
+    """rotate_half and interleaved, full and partial rotary, tables broadcast over batch or heads;
+    cos and sin are arbitrary values, not one real table, so a cos/sin or index mix-up shows."""
+    i = 0
+    for dtype in NORM_DTYPES:
+        for shape, rot, table in ROPE_SHAPES:
+            for interleaved in (False, True):
+                x = torch.randn(shape, generator=_gen(500 + i)).to(dtype)
+                cos = torch.randn(table, generator=_gen(600 + i)).to(dtype)
+                sin = torch.randn(table, generator=_gen(700 + i)).to(dtype)
+                label = f"{_shape_label(shape, dtype)} R={rot} cos {'x'.join(map(str, table))}"
+                yield Case(label + (" interleaved" if interleaved else ""), (x, cos, sin, interleaved))
+                i += 1
+
+
+def _rope_reference(x, cos, sin, interleaved=False):
+    """The models' own formulas in float32: HF Llama's rotate_half, GPT-J's rotate_every_two."""
+    rot = cos.shape[-1]
+    x1 = x[..., :rot].float()
+    if interleaved:
+        rotated = torch.stack((-x1[..., 1::2], x1[..., ::2]), dim=-1).flatten(-2)
+    else:
+        rotated = torch.cat((-x1[..., rot // 2:], x1[..., : rot // 2]), dim=-1)
+    out = x1 * cos.float() + rotated * sin.float()
+    return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
+
+
+register_check("softmax", _softmax_cases, _softmax_reference)
+register_check("rope", _rope_cases, _rope_reference)

@@ -28,6 +28,10 @@ _FUNCTIONS: dict[Any, str] = {
     F.scaled_dot_product_attention: "sdpa", F.rms_norm: "rms_norm", torch.rms_norm: "rms_norm",
     F.layer_norm: "layer_norm", torch.layer_norm: "layer_norm",
     torch.repeat_interleave: "repeat_interleave", torch.where: "where",
+    torch.special.softmax: "softmax", torch.special.log_softmax: "log_softmax", torch.chunk: "chunk",
+    torch.arange: "arange", torch.zeros: "zeros", operator.and_: "and", torch.logical_and: "and",
+    torch.bitwise_and: "and", operator.le: "le", torch.le: "le", operator.ge: "ge", torch.ge: "ge",
+    operator.lt: "lt", torch.lt: "lt", operator.gt: "gt", torch.gt: "gt",
 }
 _METHODS: dict[str, str] = {
     "mul": "mul", "__mul__": "mul", "div": "div", "__truediv__": "div", "add": "add", "__add__": "add",
@@ -36,6 +40,9 @@ _METHODS: dict[str, str] = {
     "reshape": "reshape", "view": "reshape", "unsqueeze": "unsqueeze", "expand": "expand", "flatten": "flatten",
     "to": "to", "float": "to", "half": "to", "bfloat16": "to", "type_as": "to", "type": "to",
     "contiguous": "contiguous", "repeat_interleave": "repeat_interleave",
+    "chunk": "chunk",
+    "__and__": "and", "logical_and": "and", "bitwise_and": "and", "le": "le", "__le__": "le", "ge": "ge",
+    "__ge__": "ge", "lt": "lt", "__lt__": "lt", "gt": "gt", "__gt__": "gt", "new_ones": "new_ones",
 }
 
 
