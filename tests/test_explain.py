@@ -375,3 +375,32 @@ def test_all_commands_listed(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(c in out for c in ("demo", "explain", "doctor"))
+
+
+class _NearMissModel(torch.nn.Module):
+    """A softmax over dim 1 and an eager attention with dropout: neither may be replaced."""
+
+    def forward(self, q, k, v, x):
+        s = torch.softmax(x, dim=1)
+        w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * 0.125, dim=-1)
+        w = torch.nn.functional.dropout(w, p=0.5, training=True)
+        return s, torch.matmul(w, v)
+
+
+def test_near_misses_from_the_real_pattern_passes():
+    """The mpsk backend's own passes report both near misses, with their reasons and lines."""
+    from mps_inductor_ext import config
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 64, generator=g) for _ in range(3))
+    x = torch.randn(3, 5, 7, generator=g)
+    with config.patch(emulate_metal=True):
+        report = diagnostics.explain(_NearMissModel(), q, k, v, x)
+    near = {(n.kind, n.reason) for graph in report.graphs for n in graph.near_misses}
+    assert any(kind == "softmax" and "dim 1, not the last" in reason for kind, reason in near), near
+    assert any(kind == "attention" and "dropout" in reason and "training" in reason for kind, reason in near), near
+    assert all(n.location is not None and n.location.file == __file__
+               for graph in report.graphs for n in graph.near_misses)
+    data = json.loads(report.to_json())
+    reasons = [n["reason"] for graph in data["graphs"] for n in graph["near_misses"]]
+    assert any("dim 1" in r for r in reasons) and any("dropout" in r for r in reasons)
