@@ -39,3 +39,18 @@ def test_ops_vs_native_writes_csv(tmp_path):
     }
     assert all(float(r["mpsk_ms"]) > 0 and float(r["native_ms"]) > 0 for r in rows)
     assert not (tmp_path / "cache" / "tuning.json").exists()  # emulator sweeps are not recorded
+
+
+@pytest.mark.slow
+def test_compile_time_ratio(tmp_path):
+    import re
+
+    from mps_inductor_ext.models import TinyLlamaConfig
+
+    out = run("compile_time.py", "--runs", "1", "--models", "tiny_llama", tmp_path=tmp_path)
+    n = TinyLlamaConfig().num_layers
+    mpsk_row = next(line for line in out.splitlines() if line.startswith("tiny_llama  mpsk"))
+    assert mpsk_row.endswith(f"attention {n}, rms_norm {2 * n + 1}, rope {2 * n}")  # the patterns fired
+    ratio = re.search(r"ratio mpsk/inductor compile time, tiny_llama: ([\d.]+) \((meets|misses)", out)
+    assert ratio and float(ratio.group(1)) > 0
+    assert "not GPU times" in out

@@ -1,0 +1,43 @@
+"""`python -m mps_inductor_ext demo`: the README's main command compiles the built-in model and checks it."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import mps_inductor_ext as mpsk
+from mps_inductor_ext import demo
+from mps_inductor_ext.models import TinyLlamaConfig
+
+
+def expected_line() -> str:
+    """From the model's structure: 2 RMSNorms per layer plus the final one, RoPE on q and k, one attention."""
+    n = TinyLlamaConfig().num_layers
+    return f"replaced: attention {n} (of {n}), rms_norm {2 * n + 1} (of {2 * n + 1}), rope {2 * n} (of {2 * n})"
+
+
+@pytest.mark.slow
+def test_demo_command(tmp_path):
+    env = {**os.environ, "MPSK_CACHE_DIR": str(tmp_path / "emulator")}
+    proc = subprocess.run([sys.executable, "-m", "mps_inductor_ext", "demo", "--backend", "cpu"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert expected_line() in out
+    diff = float(re.search(r"max abs difference of the logits from eager: (\S+) -> OK", out).group(1))
+    assert diff <= demo.MODEL_TOL
+    assert re.search(r"eager [\d.]+ ms, backend=\"mpsk\" [\d.]+ ms", out)
+    assert "not GPU times" in out
+    assert out.rstrip().endswith("result: OK")
+
+
+@pytest.mark.slow
+def test_demo_fails_when_a_pattern_is_missed(capsys):
+    """The demo's verdict depends on the replacements: with attention switched off it must fail."""
+    with mpsk.config.patch(patterns={"attention": False}):
+        assert demo.run("cpu") == 1
+    out = capsys.readouterr().out
+    assert "attention 0 (of 2)" in out
+    assert "result: FAILED" in out

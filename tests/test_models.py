@@ -1,0 +1,234 @@
+"""Real models under backend="mpsk": Hugging Face Llama, Mistral (sliding window) and GPT-2.
+
+Each model is built from a tiny config with random weights (nothing is downloaded) in both the
+"sdpa" and "eager" attention implementations, and compiled once, in training mode with the
+sequence length marked dynamic: one compilation answers every question below, so the module
+stays within a few minutes while the Metal kernels run on the CPU emulator. The tests then
+check, each on its own so that one failure does not hide the others:
+
+- the replacement counts, derived from the modeling code (see `expected_counts`);
+- the replaced ops' Metal kernels ran (on the emulator), not an ATen fallback;
+- logits equal to eager PyTorch at two sequence lengths (dropout is 0, so training mode
+  computes what inference does);
+- gradients of every parameter equal to eager after `loss.backward()`;
+- no more graph breaks than `backend="inductor"`;
+- no recompilation for the second sequence length.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+from unittest import mock
+
+import pytest
+import torch
+from conftest import TOLERANCES
+from mps_inductor_ext.shaders.runtime import KernelFunction
+
+import mps_inductor_ext as mpsk
+
+transformers = pytest.importorskip("transformers")
+
+LAYERS, HIDDEN, HEADS, KV_HEADS, VOCAB = 2, 64, 4, 2, 128
+SEQ, SEQ2 = 12, 9  # the second length must reuse the first compilation
+WINDOW = 5  # Mistral's sliding window, shorter than both lengths so that it masks keys
+TOL = TOLERANCES[torch.float32]  # the ops' float32 tolerance (rtol = atol)
+IMPLS = ("sdpa", "eager")
+MODELS = ("llama", "mistral", "gpt2")
+
+
+def build(name: str, impl: str, **overrides) -> torch.nn.Module:
+    """A tiny model with random weights and every dropout at 0 (so training is deterministic)."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                  attn_implementation=impl)
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                      bos_token_id=0, eos_token_id=0, **common, **overrides)
+        return transformers.GPT2LMHeadModel(cfg)
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[name]
+    extra = {"sliding_window": WINDOW} if name == "mistral" else {}
+    cfg = config_cls(intermediate_size=2 * HIDDEN, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
+                     attention_dropout=0.0, **common, **{**extra, **overrides})
+    return model_cls(cfg)
+
+
+def expected_counts(name: str, config) -> dict[str, int]:
+    """Every replaceable instance in the model, read from transformers' modeling code.
+
+    Llama / Mistral: each decoder layer has input_layernorm and post_attention_layernorm (the HF
+    RMSNorm form) and the model a final norm; apply_rotary_pos_emb rotates q and k, two rope
+    results per layer; one attention per layer (SDPA, or eager matmul-softmax-matmul with
+    repeat_kv for the 2 KV heads). GPT-2: ln_1 and ln_2 per block and ln_f (nn.LayerNorm), one
+    attention per block, learned positions (no RoPE). The eager attention's softmax is part of
+    its attention, and nothing else takes a softmax, so no softmax is replaced on its own.
+    """
+    layers = config.num_hidden_layers
+    if name == "gpt2":
+        return {"layer_norm": 2 * layers + 1, "attention": layers}
+    return {"rms_norm": 2 * layers + 1, "rope": 2 * layers, "attention": layers}
+
+
+@dataclasses.dataclass
+class Run:
+    counts: dict[str, int]
+    expected: dict[str, int]
+    logits: list[tuple[torch.Tensor, torch.Tensor]]  # (compiled, eager) per sequence length
+    grads: list[tuple[dict, dict]]  # (compiled, eager) gradients by parameter name, per sequence length
+    parameters: set[str]
+    launches: collections.Counter  # Metal kernel dispatches by kind
+    graph_breaks: int
+    graphs_after_first: int
+    graphs_after_second: int
+
+
+def inputs(length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (1, length), generator=g)
+
+
+def step(fn, model, ids):
+    """One training step's forward and backward; the logits and every parameter's gradient."""
+    model.zero_grad(set_to_none=True)
+    out = fn(input_ids=ids, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def compile_and_step(model, backend: str, lengths=(SEQ, SEQ2)):
+    """Fresh Dynamo state; steps at each length with the first call's length marked dynamic."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    mpsk.reset_counters()
+    compiled = torch.compile(model, backend=backend)
+    results, graphs, counts = [], [], None
+    for i, length in enumerate(lengths):
+        ids = inputs(length, seed=i)
+        if i == 0:
+            torch._dynamo.mark_dynamic(ids, 1)
+        results.append(step(compiled, model, ids))
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        counts = counts if counts is not None else dict(mpsk.counters)  # the first compilation's
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return results, graphs, breaks, counts
+
+
+def run(name: str, impl: str) -> Run:
+    """The model's one compilation, shared by the tests; a failure is kept and raised to each."""
+    result = _run(name, impl)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@functools.cache
+def _run(name: str, impl: str) -> Run | BaseException:
+    try:
+        return _compile_and_compare(name, impl)
+    except Exception as e:  # noqa: BLE001 - re-raised by run() for every test of this model
+        return e
+
+
+# Kernel name prefixes (ops/*.py plan builders) -> replacement kind.
+KERNEL_KINDS = {"rms_norm_": "rms_norm", "layer_norm_": "layer_norm", "rope_": "rope", "attn_": "attention",
+                "softmax_": "softmax"}
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """Counts Metal kernel dispatches by kind, at the shader runtime, which both the eager op and
+    Inductor-generated launch code go through (a result equal to eager could also come from an
+    ATen fallback; this shows the Metal kernels ran)."""
+    launches: collections.Counter = collections.Counter()
+    real = KernelFunction.dispatch
+
+    def spy(self, *args, **kwargs):
+        kind = next((k for p, k in KERNEL_KINDS.items() if self.name.startswith(p)), self.name)
+        launches[kind] += 1
+        return real(self, *args, **kwargs)
+
+    with mock.patch.object(KernelFunction, "dispatch", spy):
+        yield launches
+
+
+def _compile_and_compare(name: str, impl: str) -> Run:
+    model = build(name, impl).train()
+    eager = [step(model, model, inputs(length, seed=i)) for i, length in enumerate((SEQ, SEQ2))]
+    with mpsk.config.patch(emulate_metal=True), recording_launches() as launches:
+        compiled, graphs, breaks, counts = compile_and_step(model, "mpsk")
+    return Run(
+        counts=counts,
+        expected=expected_counts(name, model.config),
+        logits=[(c[0], e[0]) for c, e in zip(compiled, eager, strict=True)],
+        grads=[(c[1], e[1]) for c, e in zip(compiled, eager, strict=True)],
+        parameters={n for n, _ in model.named_parameters()},
+        launches=launches,
+        graph_breaks=breaks,
+        graphs_after_first=graphs[0],
+        graphs_after_second=graphs[1],
+    )
+
+
+@functools.cache
+def inductor_graph_breaks(name: str, impl: str) -> int:
+    """Graph breaks of the same steps under backend="inductor"."""
+    return compile_and_step(build(name, impl).train(), "inductor")[2]
+
+
+CASES = [pytest.param(m, i, id=f"{m}-{i}", marks=pytest.mark.slow) for m in MODELS for i in IMPLS]
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_replacement_counts(name, impl):
+    r = run(name, impl)
+    assert r.counts == r.expected
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_metal_kernels_ran_on_the_emulator(name, impl):
+    assert set(run(name, impl).launches) == set(expected_counts(name, build(name, impl).config))
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_logits_match_eager(name, impl):
+    for got, ref in run(name, impl).logits:
+        torch.testing.assert_close(got, ref, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_gradients_match_eager(name, impl):
+    r = run(name, impl)
+    for got, ref in r.grads:
+        assert set(got) == set(ref) == r.parameters  # every parameter receives a gradient
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=TOL, atol=TOL, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_no_more_graph_breaks_than_inductor(name, impl):
+    breaks = run(name, impl).graph_breaks
+    if breaks:  # with none, there is nothing inductor could beat; its compile is skipped for time
+        assert breaks <= inductor_graph_breaks(name, impl)
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_dynamic_sequence_length_does_not_recompile(name, impl):
+    r = run(name, impl)
+    assert r.graphs_after_first >= 1
+    assert r.graphs_after_second == r.graphs_after_first
+
+
+@pytest.mark.slow
+def test_mistral_window_matters():
+    """The window is shorter than the sequence, so it changes the result: matching eager shows it is applied."""
+    ids = inputs(SEQ, seed=0)
+    with torch.no_grad():
+        windowed = build("mistral", "sdpa")(input_ids=ids).logits
+        full = build("mistral", "sdpa", sliding_window=None)(input_ids=ids).logits
+    assert not torch.allclose(windowed, full, rtol=TOL, atol=TOL)
