@@ -74,7 +74,7 @@ def _run_explain(args: argparse.Namespace, trailing: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mps_inductor_ext")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a Metal kernel on this machine's backend and check it")
+    demo = sub.add_parser("demo", help="check a Metal kernel, then compile a tiny Llama with backend=mpsk vs eager")
     demo.add_argument("--backend", choices=["auto", "mps", "cpu"], default="auto")
     explain = sub.add_parser(
         "explain", usage=EXPLAIN_USAGE,
