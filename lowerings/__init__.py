@@ -1,8 +1,8 @@
 """Inductor lowerings of the mpsk ops into Metal kernel launches rendered from each op's LaunchPlan.
 
-`install()` registers them (idempotent), `uninstall()` removes them. The mpsk backend does not
-call `install()` yet: tests/test_models.py proves kernels ran by spying on the ops' `run_plan`,
-which lowered code no longer calls (see the slice report).
+`install()` registers them (idempotent); the mpsk backend and `aoti_compile_and_package` call it,
+so compiled code launches the kernels itself rather than calling the ops' Python implementation.
+`uninstall()` removes them.
 """
 
 

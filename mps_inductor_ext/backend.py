@@ -1,4 +1,4 @@
-"""The `mpsk` torch.compile backend: Inductor with the mpsk graph pass installed."""
+"""The `mpsk` torch.compile backend: Inductor with the mpsk graph pass and the mpsk ops' lowerings installed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch._inductor import config as inductor_config
 from torch._inductor.compile_fx import compile_fx
 
-from . import config, diagnostics
+from . import config, diagnostics, lowerings
 from .passes import MpskGraphPass, RecordAtenGraph, check_patterns_setting
 
 
@@ -61,6 +61,7 @@ def mpsk_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[object], **k
             stacklevel=2,
         )
     diagnostics.record_graph(gm, "dynamo")
+    lowerings.install()
     patches["pre_grad_custom_pass"] = MpskGraphPass()
     patches.setdefault("post_grad_custom_post_pass", RecordAtenGraph())
     # A hit in AOTAutograd's cache skips the pre-grad passes, so counters and diagnostics

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from . import config, diagnostics, patterns
+from . import config, diagnostics, patterns, tuning
 
 # Replacements by kind ("rms_norm", ...) over compilations since reset_counters().
 counters: collections.Counter = collections.Counter()
@@ -42,12 +42,23 @@ class MpskGraphPass(CustomGraphPass):
         graph.lint()
 
     def uuid(self) -> str:
-        """Changes whenever the pass could rewrite a graph differently, keeping the FX graph cache honest."""
-        sources = tuple(sorted(str(p) for p in Path(patterns.__file__).parent.glob("*.py"))) + (__file__,)
-        settings = {"patterns": config.patterns, "emulate_metal": config.emulate_metal}
-        digest = hashlib.sha256(get_hash_for_files(sources))
+        """Changes whenever the generated code could differ, keeping the FX graph cache honest: the
+        patterns, the lowerings and plan builders that render the kernels, the Metal sources they
+        embed, every setting and the tuned group sizes."""
+        digest = hashlib.sha256(get_hash_for_files(_code_files()))
+        settings = {k: v if isinstance(v, (bool, dict)) else repr(v) for k, v in config.snapshot().items()}
         digest.update(json.dumps(settings, sort_keys=True).encode())
+        digest.update(json.dumps(tuning.table(), sort_keys=True).encode())
         return digest.hexdigest()
+
+
+def _code_files() -> tuple[str, ...]:
+    from . import lowerings, ops, shaders
+
+    folders = {Path(m.__file__).parent: "*.py" for m in (patterns, lowerings, ops)}
+    files = [p for folder, glob in folders.items() for p in folder.glob(glob)]
+    files += Path(shaders.__file__).parent.glob("*.metal")
+    return tuple(sorted(str(p) for p in files)) + (__file__,)
 
 
 class RecordAtenGraph(CustomGraphPass):

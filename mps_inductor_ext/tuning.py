@@ -60,6 +60,12 @@ def lookup(kernel: str, dtype: torch.dtype, cols: int) -> int | None:
         return _load().get(key)
 
 
+def table() -> dict[str, int]:
+    """Every recorded size (a copy)."""
+    with _lock:
+        return dict(_load())
+
+
 def record(kernel: str, dtype: torch.dtype, cols: int, threads: int) -> None:
     if threads not in VALID_THREADS:
         raise ValueError(f"threads must be a multiple of 32 between 32 and 1024, got {threads!r}")
