@@ -1,21 +1,29 @@
-"""`MetalKernel`: an Inductor IR node that renders one mpsk op's LaunchPlan into the Python wrapper.
+"""`MetalKernel`: an Inductor IR node that renders one mpsk op's LaunchPlan into generated code.
 
 The op's plan builder (ops/*.py) stays the only place launch logic lives; this node only
-renders the plan it produced, the same way `ops.launch.run_plan` drives the shader runtime:
-module-level `ShaderLibrary(source, backend)` / `get_kernel_function(name)` once per distinct
-source and kernel (as Inductor's own MPS kernels define their libraries in the header), and
-at the call site `fn.run_command_block(block)` where `block` does start_encoding /
-set_arg_tensor / set_arg_int / dispatch. Sizes may be sympy expressions over the graph's
-size symbols; they are printed with the wrapper's expression printer.
+renders the plan it produced, the way `ops.launch.run_plan` drives the shader runtime, into
+either wrapper:
 
-The output is allocated by Inductor itself (an ExternKernelOut-style node with a FixedLayout
-matching the op's fake implementation), so memory planning and buffer reuse treat it like any
-other extern kernel's output.
+- Python: module-level `ShaderLibrary(source, backend)` / `get_kernel_function(name)` once per
+  distinct source and kernel (as Inductor's own MPS kernels define their libraries in the
+  header), and at the call site `fn.run_command_block(block)` where `block` does
+  start_encoding / set_arg_tensor / set_arg_int / dispatch.
+- C++ (AOTInductor, or `cpp_wrapper=True`): the AOTI MPS shim calls of shim_mps.h, in the
+  style of Inductor's cpp_wrapper_mps.py: a lazily created static library and kernel function
+  per source and kernel name, and a lambda doing aoti_torch_mps_start_encoding /
+  set_arg_tensor / set_arg_int / dispatch_array_with_group_size inside
+  aoti_torch_mps_run_command_block, whose result is checked.
+
+Sizes may be sympy expressions over the graph's size symbols; each wrapper prints them with its
+own expression printer. The output is allocated by Inductor itself (an ExternKernelOut-style
+node with a FixedLayout matching the op's fake implementation), so memory planning and buffer
+reuse treat it like any other extern kernel's output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import abc
+from collections.abc import Mapping, Sequence
 
 import sympy
 import torch
@@ -23,10 +31,12 @@ from torch._inductor import ir
 from torch._inductor.virtualized import V
 from torch.utils._sympy.functions import FloorDiv
 
-from ..ops.launch import IntArg, LaunchPlan, TensorArg
+from ..ops.launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg
 
-# Per wrapper: (backend, source) -> library variable, (library variable, kernel) -> function variable.
-_LIBS_ATTR = "_mpsk_metal_libraries"
+# Per wrapper object: (backend, source) -> library name, (library name, kernel) -> function name.
+_NAMES_ATTR = "_mpsk_metal_names"
+SHIM_INCLUDE = "#include <torch/csrc/inductor/aoti_torch/c/shim_mps.h>"
+_RAW_DELIMITER = "MPSK"  # C++ raw string delimiter around Metal sources
 
 
 def _ceiling_to_floordiv(expr: sympy.Expr) -> sympy.Expr:
@@ -47,13 +57,17 @@ def normalize(value, substitutions: Mapping[sympy.Symbol, sympy.Expr]) -> sympy.
     return V.graph.sizevars.simplify(_ceiling_to_floordiv(expr))
 
 
+def _names(wrapper) -> tuple[dict, dict]:
+    return wrapper.__dict__.setdefault(_NAMES_ATTR, ({}, {}))
+
+
 class MetalKernel(ir.ExternKernelOut):
     """One mpsk op call lowered to Metal kernel launches described by `plan`.
 
-    `tensors` maps each plan tensor name to an index into `inputs` and a Python suffix applied
-    at the call site (".view(torch.uint8)" for a bool mask, as the eager op binds it); the
+    `tensors` maps each plan tensor name to an index into `inputs` and the dtype the kernel
+    reads it as (None: its own; torch.uint8 for a bool mask, as the eager op binds it); the
     name "out" is this node's own buffer. `substitutions` maps stand-in symbols the lowering
-    gave the plan builder back to the graph's size expressions (see ops.attention lowering).
+    gave the plan builder back to the graph's size expressions (see lowerings.ops).
     """
 
     def __init__(
@@ -62,7 +76,7 @@ class MetalKernel(ir.ExternKernelOut):
         inputs: list[ir.IRNode],
         *,
         plan: LaunchPlan,
-        tensors: Mapping[str, tuple[int, str]],
+        tensors: Mapping[str, tuple[int, torch.dtype | None]],
         backend: str,
         op: torch._ops.OpOverload,
         substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
@@ -73,58 +87,213 @@ class MetalKernel(ir.ExternKernelOut):
         self.backend = backend
         self.substitutions = dict(substitutions or {})
 
-    def _size(self, wrapper, value) -> str:
-        return wrapper.codegen_python_sizevar(normalize(value, self.substitutions))
+    def size(self, value) -> sympy.Expr:
+        return normalize(value, self.substitutions)
 
-    def _tensor(self, name: str, scratch: Mapping[str, str]) -> str:
-        if name == "out":
-            return self.get_name()
-        if name in scratch:
-            return scratch[name]
-        index, suffix = self.tensors[name]
-        return self.inputs[index].codegen_reference() + suffix
-
-    @staticmethod
-    def _function(wrapper, source: str, kernel: str, backend: str) -> str:
-        """The module-level kernel function variable, defining library and function once per wrapper."""
-        libs, fns = wrapper.__dict__.setdefault(_LIBS_ATTR, ({}, {}))
-        wrapper.add_import_once("from mps_inductor_ext.shaders import ShaderLibrary")
-        lib = libs.get((backend, source))
-        if lib is None:
-            lib = libs[(backend, source)] = f"mpsk_lib_{len(libs)}"
-            # A raw triple-quoted string keeps the Metal source readable (and its macros' line
-            # continuations intact); repr is the fallback for a source that contains the quotes.
-            text = f"r'''{source}'''" if "'''" not in source and not source.endswith("\\") else repr(source)
-            wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {backend!r})")
-        fn = fns.get((lib, kernel))
-        if fn is None:
-            fn = fns[(lib, kernel)] = f"{lib}_{kernel}"
-            wrapper.header.writeline(f"{fn} = {lib}.get_kernel_function({kernel!r})")
-        return fn
+    def input_reference(self, name: str) -> tuple[str, torch.dtype | None]:
+        index, view = self.tensors[name]
+        return self.inputs[index].codegen_reference(), view
 
     def codegen(self, wrapper) -> None:
-        if V.graph.cpp_wrapper:  # the lowering never builds this node then; see ops.lower_or_fallback
-            raise NotImplementedError("mpsk: MetalKernel has no C++ (AOTInductor) wrapper codegen yet")
         self.codegen_comment(wrapper)
-        device = self.get_device()
-        scratch = {s.name: f"{self.get_name()}_{s.name}" for s in self.plan.scratch}
-        for s in self.plan.scratch:
-            shape = wrapper.codegen_python_shape_tuple([normalize(d, self.substitutions) for d in s.shape])
-            wrapper.writeline(f"{scratch[s.name]} = torch.empty({shape}, dtype={s.dtype}, device='{device}')")
-        for i, launch in enumerate(self.plan.launches):
-            fn = self._function(wrapper, launch.source, launch.kernel, self.backend)
-            block = f"{self.get_name()}_block{i}"
-            wrapper.writeline(f"def {block}():")
-            wrapper.writeline(f"    {fn}.start_encoding()")
-            for idx, arg in enumerate(launch.args):
-                if isinstance(arg, TensorArg):
-                    wrapper.writeline(f"    {fn}.set_arg_tensor({idx}, {self._tensor(arg.name, scratch)})")
-                else:
-                    assert isinstance(arg, IntArg)
-                    wrapper.writeline(f"    {fn}.set_arg_int({idx}, {self._size(wrapper, arg.value)})")
-            threads = ", ".join(self._size(wrapper, t) for t in launch.threads)
-            group = ", ".join(self._size(wrapper, g) for g in launch.group_size)
-            wrapper.writeline(f"    {fn}.dispatch([{threads}], [{group}])")
-            wrapper.writeline(f"{fn}.run_command_block({block})")
+        writer = CppLaunchWriter(self, wrapper) if V.graph.cpp_wrapper else PythonLaunchWriter(self, wrapper)
+        writer.write()
+
+
+class _LaunchWriter(abc.ABC):
+    """Renders a MetalKernel's plan: scratch buffers, then each launch's argument binding and dispatch."""
+
+    def __init__(self, node: MetalKernel, wrapper) -> None:
+        self.node, self.wrapper = node, wrapper
+        self.prefix = node.get_name()
+
+    def write(self) -> None:
+        self.begin()
+        tensors = {"out": self.node.get_name()}
+        for s in self.node.plan.scratch:
+            tensors[s.name] = self.scratch(s)
+        for name in self.node.tensors:
+            ref, view = self.node.input_reference(name)
+            tensors[name] = ref if view is None else self.view(name, ref, view)
+        for i, launch in enumerate(self.node.plan.launches):
+            self.launch(i, launch, tensors)
+        self.end([tensors[s.name] for s in self.node.plan.scratch])
+
+    def function(self, launch: KernelLaunch) -> str:
+        """The wrapper-level kernel function name, defining library and function once per wrapper."""
+        libs, fns = _names(self.wrapper)
+        key = (self.node.backend, launch.source)
+        lib = libs.get(key)
+        if lib is None:
+            lib = libs[key] = f"mpsk_lib_{len(libs)}"
+            self.define_library(lib, launch.source)
+        fn = fns.get((lib, launch.kernel))
+        if fn is None:
+            fn = fns[(lib, launch.kernel)] = f"{lib}_{launch.kernel}"
+            self.define_function(fn, lib, launch.kernel)
+        return fn
+
+    def bindings(self, launch: KernelLaunch, tensors: Mapping[str, str]) -> list[tuple[int, str, str]]:
+        """(index, "tensor" or "int", rendered value) for each argument, in kernel order."""
+        out = []
+        for idx, arg in enumerate(launch.args):
+            if isinstance(arg, TensorArg):
+                out.append((idx, "tensor", tensors[arg.name]))
+            else:
+                assert isinstance(arg, IntArg)
+                out.append((idx, "int", self.sizevar(arg.value)))
+        return out
+
+    # Per wrapper language: how the call site opens and closes, and sizes, buffers, library and
+    # function definitions and launches are written.
+    @abc.abstractmethod
+    def begin(self) -> None: ...
+    @abc.abstractmethod
+    def end(self, scratch: Sequence[str]) -> None: ...
+    @abc.abstractmethod
+    def sizevar(self, value) -> str: ...
+    @abc.abstractmethod
+    def scratch(self, s: Scratch) -> str: ...
+    @abc.abstractmethod
+    def view(self, name: str, ref: str, dtype: torch.dtype) -> str: ...
+    @abc.abstractmethod
+    def define_library(self, lib: str, source: str) -> None: ...
+    @abc.abstractmethod
+    def define_function(self, fn: str, lib: str, kernel: str) -> None: ...
+    @abc.abstractmethod
+    def launch(self, i: int, launch: KernelLaunch, tensors: Mapping[str, str]) -> None: ...
+
+
+class PythonLaunchWriter(_LaunchWriter):
+    def begin(self) -> None:
+        """Python needs no scope: scratch buffers are deleted at the end."""
+
+    def sizevar(self, value) -> str:
+        return self.wrapper.codegen_python_sizevar(self.node.size(value))
+
+    def scratch(self, s: Scratch) -> str:
+        name = f"{self.prefix}_{s.name}"
+        shape = self.wrapper.codegen_python_shape_tuple([self.node.size(d) for d in s.shape])
+        device = self.node.get_device()
+        self.wrapper.writeline(f"{name} = torch.empty({shape}, dtype={s.dtype}, device='{device}')")
+        return name
+
+    def view(self, name: str, ref: str, dtype: torch.dtype) -> str:
+        return f"{ref}.view({dtype})"
+
+    def define_library(self, lib: str, source: str) -> None:
+        self.wrapper.add_import_once("from mps_inductor_ext.shaders import ShaderLibrary")
+        # A raw triple-quoted string keeps the Metal source readable (and its macros' line
+        # continuations intact); repr is the fallback for a source that contains the quotes.
+        text = f"r'''{source}'''" if "'''" not in source and not source.endswith("\\") else repr(source)
+        self.wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {self.node.backend!r})")
+
+    def define_function(self, fn: str, lib: str, kernel: str) -> None:
+        self.wrapper.header.writeline(f"{fn} = {lib}.get_kernel_function({kernel!r})")
+
+    def launch(self, i: int, launch: KernelLaunch, tensors: Mapping[str, str]) -> None:
+        w, fn = self.wrapper, self.function(launch)
+        block = f"{self.prefix}_block{i}"
+        w.writeline(f"def {block}():")
+        w.writeline(f"    {fn}.start_encoding()")
+        for idx, kind, value in self.bindings(launch, tensors):
+            w.writeline(f"    {fn}.set_arg_{kind}({idx}, {value})")
+        threads = ", ".join(self.sizevar(t) for t in launch.threads)
+        group = ", ".join(self.sizevar(g) for g in launch.group_size)
+        w.writeline(f"    {fn}.dispatch([{threads}], [{group}])")
+        w.writeline(f"{fn}.run_command_block({block})")
+
+    def end(self, scratch: Sequence[str]) -> None:
         if scratch:
-            wrapper.writeline(f"del {', '.join(scratch.values())}")
+            self.wrapper.writeline(f"del {', '.join(scratch)}")
+
+
+class CppLaunchWriter(_LaunchWriter):
+    """One C++ scope per op call, so scratch buffers and dtype views are released at its end."""
+
+    def begin(self) -> None:
+        libs, _ = _names(self.wrapper)
+        if not libs:  # first MetalKernel in this wrapper
+            self.wrapper.header.writeline(SHIM_INCLUDE)
+        self.wrapper.writeline("{")
+
+    def end(self, scratch: Sequence[str]) -> None:
+        self.wrapper.writeline("}")
+
+    def sizevar(self, value) -> str:
+        return self.wrapper.codegen_sizevar(self.node.size(value))
+
+    def _handle(self, name: str, call: str) -> str:
+        """Declares `RAIIAtenTensorHandle name` owning the handle `call` (which ends in `&handle)`) makes."""
+        w = self.wrapper
+        w.writeline(f"AtenTensorHandle {name}_handle;")
+        w.writeline(f"AOTI_TORCH_ERROR_CODE_CHECK({call}&{name}_handle));")
+        w.writeline(f"RAIIAtenTensorHandle {name}({name}_handle);")
+        return name
+
+    def scratch(self, s: Scratch) -> str:
+        w, name = self.wrapper, f"{self.prefix}_{s.name}"
+        shape = [self.node.size(d) for d in s.shape]
+        strides = ir.FlexibleLayout.contiguous_strides(shape)
+        w.writeline(f"int64_t {name}_size[] = {{{', '.join(map(w.codegen_sizevar, shape))}}};")
+        w.writeline(f"int64_t {name}_stride[] = {{{', '.join(map(w.codegen_sizevar, strides))}}};")
+        device_type, device_id = w.codegen_device(self.node.get_device()).split(",")
+        device_idx = w.codegen_device_idx(self.node.get_device(), device_id)
+        dtype = w.codegen_dtype(s.dtype)
+        return self._handle(
+            name,
+            f"aoti_torch_empty_strided({len(shape)}, {name}_size, {name}_stride, {dtype}, {device_type}, "
+            f"{device_idx}, ",
+        )
+
+    def view(self, name: str, ref: str, dtype: torch.dtype) -> str:
+        device = self.node.get_device().type
+        return self._handle(f"{self.prefix}_{name}_view",
+                            f"aoti_torch_{device}_view_dtype({ref}, {self.wrapper.codegen_dtype(dtype)}, ")
+
+    def define_library(self, lib: str, source: str) -> None:
+        if f'){_RAW_DELIMITER}"' in source:
+            raise ValueError(f"mpsk: Metal source contains the raw-string terminator ){_RAW_DELIMITER}\"")
+        self.wrapper.header.splice(f"""
+static const char* {lib}_source = R"{_RAW_DELIMITER}({source}){_RAW_DELIMITER}";
+static AOTIMetalShaderLibraryHandle {lib}() {{
+    static const auto library = []() {{
+        AOTIMetalShaderLibraryHandle handle = nullptr;
+        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_mps_create_shader_library({lib}_source, &handle));
+        auto deleter = [](AOTIMetalShaderLibraryHandle h) {{
+            if (h) aoti_torch_mps_delete_shader_library(h);
+        }};
+        return std::unique_ptr<AOTIMetalShaderLibraryOpaque, decltype(deleter)>(handle, deleter);
+    }}();
+    return library.get();
+}}
+""")
+
+    def define_function(self, fn: str, lib: str, kernel: str) -> None:
+        self.wrapper.header.splice(f"""
+static AOTIMetalKernelFunctionHandle {fn}() {{
+    static const AOTIMetalKernelFunctionHandle function = []() {{
+        AOTIMetalKernelFunctionHandle handle = nullptr;
+        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_mps_get_kernel_function({lib}(), "{kernel}", &handle));
+        return handle;
+    }}();
+    return function;
+}}
+""")
+
+    def launch(self, i: int, launch: KernelLaunch, tensors: Mapping[str, str]) -> None:
+        w, fn = self.wrapper, self.function(launch)
+        block = f"{self.prefix}_block{i}"
+        w.writeline(f"auto {block} = [&](AOTIMetalKernelFunctionHandle handle) {{")
+        w.writeline("    aoti_torch_mps_start_encoding(handle);")
+        for idx, kind, value in self.bindings(launch, tensors):
+            w.writeline(f"    aoti_torch_mps_set_arg_{kind}(handle, {idx}, {value});")
+        ndim = len(launch.threads)
+        for var, sizes in (("threads", launch.threads), ("group_size", launch.group_size)):
+            values = ", ".join(f"static_cast<uint64_t>({self.sizevar(v)})" for v in sizes)
+            w.writeline(f"    uint64_t {var}[] = {{{values}}};")
+        w.writeline(f"    aoti_torch_mps_dispatch_array_with_group_size(handle, threads, {ndim}, group_size, {ndim});")
+        w.writeline("};")
+        w.writeline(f"std::function<void(AOTIMetalKernelFunctionHandle)> {block}_function = {block};")
+        w.writeline(f"AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_mps_run_command_block({fn}(), "
+                    f"aoti_torch_mps_shared_callback, &{block}_function));")

@@ -5,8 +5,9 @@ under `config.emulate_metal`, as `ops.common.metal_backend` decides for the eage
 or if a case below cannot be planned at compile time, it emits the ordinary extern call of the
 custom op (`make_fallback`-style), which on CPU without emulation computes the ATen math.
 
-Falls back (documented limits of this slice):
-- the C++ wrapper (AOTInductor) — no shim codegen yet;
+Falls back (documented limits):
+- the C++ wrapper on CPU tensors when the emulated MPS shim cannot be loaded (a libtorch that has
+  the real shim, i.e. macOS, whose shim cannot launch on CPU tensors);
 - a row length (norms: last dim; softmax: the reduced dim) or head dim that is symbolic:
   `norm_plan` / `softmax_plan` pick the variant from it and need an int;
 - a statically empty tensor, and a float attention mask of another dtype than q.
@@ -29,6 +30,7 @@ from torch._inductor.lowering import fallback_handler, register_lowering
 from torch._inductor.virtualized import V
 
 from .. import config
+from ..aoti import emulated_shim
 from ..ops import attention as attention_mod
 from ..ops import norm as norm_mod
 from ..ops import softmax as softmax_mod
@@ -40,17 +42,24 @@ OPS = ("rms_norm", "layer_norm", "softmax", "rope", "attention")
 
 
 def _backend(x) -> str | None:
-    """Shader backend for a lowered op on `x`, mirroring ops.common.metal_backend at compile time."""
-    if V.graph.cpp_wrapper:
-        return None
+    """Shader backend for a lowered op on `x`, mirroring ops.common.metal_backend at compile time.
+
+    Emulated kernels in C++ code call the aoti_torch_mps_* functions of the emulated shim, which
+    is loaded here, before the compiled module that resolves them against it.
+    """
     device, dtype = x.get_device(), x.get_dtype()
     if device is None or dtype not in METAL_DTYPES:
         return None
     if device.type == "mps":
         return "mps"
-    if device.type == "cpu" and config.emulate_metal:
-        return "cpu"
-    return None
+    if device.type != "cpu" or not config.emulate_metal:
+        return None
+    if V.graph.cpp_wrapper:
+        try:
+            emulated_shim.load()
+        except RuntimeError:
+            return None
+    return "cpu"
 
 
 def _int(value) -> int | None:
@@ -105,11 +114,11 @@ def _norm(kind, op, input, weight, bias, eps, weight_offset):
     x = _contiguous(input)
     affine = [t for t in (weight, bias) if t is not None]
     inputs = [x, *(_contiguous(t) for t in affine)]
-    tensors = {"x": (0, "")}
+    tensors = {"x": (0, None)}
     if weight is not None:
-        tensors["weight"] = (1, "")
+        tensors["weight"] = (1, None)
     if bias is not None:
-        tensors["bias"] = (len(inputs) - 1, "")
+        tensors["bias"] = (len(inputs) - 1, None)
     plan = norm_mod.norm_plan(
         kind, input.get_dtype(), sympy.Mul(*size[:-1]), cols, cols, cols, has_weight=weight is not None,
         has_bias=bias is not None, eps=eps, weight_offset=weight_offset, vector_ok=_aligned(x, cols),
@@ -133,7 +142,7 @@ def _softmax(op, input, dim, log):
     vector_ok = V.graph.sizevars.statically_known_equals(inner, 1) and _aligned(x, cols)
     plan = softmax_mod.softmax_plan(input.get_dtype(), outer, cols, inner, strides, strides, log=log,
                                     vector_ok=vector_ok, policy=config.softmax)
-    return _kernel(op, input, size, [x], {"x": (0, "")}, plan, backend)
+    return _kernel(op, input, size, [x], {"x": (0, None)}, plan, backend)
 
 
 def _rope(op, x, cos, sin, interleaved):
@@ -146,7 +155,7 @@ def _rope(op, x, cos, sin, interleaved):
     xc, cc, sc = (_contiguous(t) for t in (x, cos, sin))
     plan = rope_plan(x.get_dtype(), tuple(size), rot, tuple(xc.get_stride()), _broadcast_strides(cc, full),
                      _broadcast_strides(sc, full), interleaved=interleaved, policy=config.rope)
-    return _kernel(op, x, size, [xc, cc, sc], {"x": (0, ""), "cos": (1, ""), "sin": (2, "")}, plan, backend)
+    return _kernel(op, x, size, [xc, cc, sc], {"x": (0, None), "cos": (1, None), "sin": (2, None)}, plan, backend)
 
 
 class _DecidedSize(sympy.Symbol):
@@ -191,10 +200,10 @@ def _attention(op, q, k, v, attn_mask, scale, is_causal, window):
     out_size = [B, Hq, Sq, Dv]
     if backend is None or D is None or Dv is None or D == 0 or _empty([B, Hq, Sq, Skv, Dv]):
         return None
-    mask_kind, suffix = attention_mod.MASK_NONE, ""
+    mask_kind, mask_view = attention_mod.MASK_NONE, None
     if attn_mask is not None:
-        if attn_mask.get_dtype() == torch.bool:
-            mask_kind, suffix = attention_mod.MASK_BOOL, ".view(torch.uint8)"
+        if attn_mask.get_dtype() == torch.bool:  # read as bytes, as the eager op binds it
+            mask_kind, mask_view = attention_mod.MASK_BOOL, torch.uint8
         elif attn_mask.get_dtype() == q.get_dtype():
             mask_kind = attention_mod.MASK_ADD
         else:
@@ -206,12 +215,12 @@ def _attention(op, q, k, v, attn_mask, scale, is_causal, window):
     skv = _decided(Skv, policy.split_kv_above, "skv", subs) if decode else Skv
     shape = tuple(_int(n) if _int(n) is not None else n for n in (B, Hq, Hkv)) + (sq, skv, D, Dv)
     qc, kc, vc = (_contiguous(t) for t in (q, k, v))
-    inputs, tensors = [qc, kc, vc], {"q": (0, ""), "k": (1, ""), "v": (2, "")}
+    inputs, tensors = [qc, kc, vc], {"q": (0, None), "k": (1, None), "v": (2, None)}
     mask_strides = None
     if attn_mask is not None:
         mc = _contiguous(attn_mask)
         inputs.append(mc)
-        tensors["mask"] = (3, suffix)
+        tensors["mask"] = (3, mask_view)
         mask_strides = _broadcast_strides(mc, (B, Hq, Sq, Skv))
     plan = attention_mod.attention_plan(
         q.get_dtype(), shape, tuple(tuple(t.get_stride()[:3]) for t in (qc, kc, vc)),

@@ -103,7 +103,7 @@ def inputs(length: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
-    """Lowerings installed for each test only (test_models spies on run_plan, which they bypass)."""
+    """Lowerings installed for each test and removed after it, as a fresh process would start."""
     torch._dynamo.reset()
     mpsk.reset_counters()
     lowerings.install()
@@ -138,6 +138,22 @@ def test_generated_wrapper_launches_the_metal_kernels(model):
         for call in ("start_encoding()", "set_arg_tensor(0, ", "set_arg_int(", "dispatch(["):
             assert f"{fn}.{call}" in code, (kernel, call)
         assert f"{fn}.run_command_block(" in code
+    torch.testing.assert_close(got, ref, rtol=TOL, atol=TOL)
+
+
+def test_cpp_wrapper_launches_the_metal_kernels_through_the_shim(model):
+    """cpp_wrapper=True: the C++ wrapper calls the aoti_torch_mps_* shim (emulated here), which runs
+    the same kernels; no custom-op fallback is called."""
+    x = inputs(SEQ)
+    ref = model(x)
+    with mpsk.config.patch(emulate_metal=True), torch.no_grad(), kernel_calls() as calls:
+        fn = torch.compile(model, backend="mpsk", options={"cpp_wrapper": True})
+        got, codes = run_and_get_code(fn, x)
+    code = "\n".join(codes)
+    assert calls["run_plan"] == 0
+    assert calls["dispatch"] == {"rms_norm_float": 1, "rope_float": 2, "attn_prefill_float": 1, "softmax_float": 1}
+    assert code.count("aoti_torch_mps_run_command_block(mpsk_lib_") == 5
+    assert "mpsk::" not in code
     torch.testing.assert_close(got, ref, rtol=TOL, atol=TOL)
 
 
