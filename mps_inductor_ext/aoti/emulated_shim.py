@@ -344,6 +344,11 @@ def _declare(dll: ctypes.CDLL) -> None:
     dll.mpsk_shim_invoke_block.restype = None
 
 
+def has_native_shim() -> bool:
+    """Whether this libtorch defines the MPS shim itself (macOS builds)."""
+    return hasattr(_libtorch(), "aoti_torch_mps_create_shader_library")
+
+
 def load() -> ctypes.CDLL:
     """Builds (once, cached on disk), loads with RTLD_GLOBAL and installs the emulated shim; later
     calls return the same library. Load it before any AOTInductor model that calls the shim."""
@@ -351,7 +356,7 @@ def load() -> ctypes.CDLL:
     with _load_lock:
         if _loaded is not None:
             return _loaded[0]
-        if hasattr(_libtorch(), "aoti_torch_mps_create_shader_library"):
+        if has_native_shim():
             raise RuntimeError(
                 "this libtorch implements the MPS shim itself (a macOS build); the emulated shim is for "
                 "builds without it and would shadow the real one"

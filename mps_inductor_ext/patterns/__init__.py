@@ -1,11 +1,13 @@
-"""Pattern families that replace subgraphs of Dynamo's graph with mpsk ops.
+"""Pattern families that replace subgraphs with mpsk ops.
 
 Each family module exposes `match(node) -> Rewrite | NearMiss | None`, anchored
-at one node of the graph. `apply` walks the graph once per family, in an order
-where a larger pattern (eager attention, which contains a softmax) runs before
-the patterns it contains. Matching happens on Dynamo's torch-level graph, which
-is the same on a Mac and elsewhere: the per-device decompositions that split
-SDPA or softmax into different aten graphs come later, in AOTAutograd.
+at one node of the graph: of Dynamo's torch-level graph (torch.compile), or of
+torch.export's training-IR aten graph (aoti_compile_and_package); fx.py folds
+both spellings. `apply` walks the graph once per family, in an order where a
+larger pattern (eager attention, which contains a softmax) runs before the
+patterns it contains. Both graphs are the same on a Mac and elsewhere: the
+per-device decompositions that split SDPA or softmax into different aten graphs
+come later, in AOTAutograd.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch.fx import Graph, Node
 
 from .. import config, diagnostics
-from .fx import erase_dead, erased, tensor
+from .fx import drop_metadata_checks, erase_dead, erased, tensor
 
 ORDER = ("attention", "rope", "rms_norm", "layer_norm", "softmax")
 
@@ -60,6 +62,7 @@ def metal_device(inputs: Sequence[object]) -> bool:
 def apply(graph: Graph) -> collections.Counter:
     """Replaces every match in `graph`; returns how many of each kind."""
     done: collections.Counter = collections.Counter()
+    drop_metadata_checks(graph)
     families = _families()
     for kind in ORDER:
         match = families[kind]

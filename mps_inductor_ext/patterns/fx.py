@@ -1,8 +1,12 @@
-"""FX helpers for matching Dynamo's torch-level graphs.
+"""FX helpers for matching Dynamo's torch-level graphs and torch.export's aten graphs.
 
 Dynamo records what the user wrote: `x.pow(2)` is a method call, `x ** 2` an
-operator, `torch.pow(x, 2)` a function. `op_name` folds those spellings into
-one name, so a pattern is written once per operation, not once per spelling.
+operator, `torch.pow(x, 2)` a function. torch.export's training IR (what the
+pre-grad hook sees on the AOTInductor path) spells the same as aten overloads:
+`aten.pow.Tensor_Scalar`, `aten.to.dtype`, `aten.slice.Tensor`. `op_name` folds
+all of those into one name, so a pattern is written once per operation, not
+once per spelling; aten overloads take their arguments in the positions of the
+torch functions they come from, so `arg` reads both alike.
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ _FUNCTIONS: dict[Any, str] = {
     torch.bitwise_and: "and", operator.le: "le", torch.le: "le", operator.ge: "ge", torch.ge: "ge",
     operator.lt: "lt", torch.lt: "lt", operator.gt: "gt", torch.gt: "gt",
 }
+_aten = torch.ops.aten
+# aten overload packets (any overload) of torch.export's training IR -> operation.
+_ATEN: dict[Any, str] = {
+    _aten.mul: "mul", _aten.div: "div", _aten.add: "add", _aten.sub: "sub", _aten.neg: "neg",
+    _aten.pow: "pow", _aten.mean: "mean", _aten.rsqrt: "rsqrt", _aten.sqrt: "sqrt", _aten.cat: "cat",
+    _aten.concat: "cat", _aten.matmul: "matmul", _aten.transpose: "transpose", _aten.softmax: "softmax",
+    _aten.log_softmax: "log_softmax", _aten.dropout: "dropout", _aten.reshape: "reshape", _aten.view: "reshape",
+    _aten.unsqueeze: "unsqueeze", _aten.expand: "expand", _aten.stack: "stack", _aten.flatten: "flatten",
+    _aten.scaled_dot_product_attention: "sdpa", _aten.rms_norm: "rms_norm", _aten.layer_norm: "layer_norm",
+    _aten.repeat_interleave: "repeat_interleave", _aten.where: "where", _aten.chunk: "chunk",
+    _aten.arange: "arange", _aten.zeros: "zeros", _aten.logical_and: "and", _aten.bitwise_and: "and",
+    _aten.__and__: "and", _aten.le: "le", _aten.ge: "ge", _aten.lt: "lt", _aten.gt: "gt",
+    _aten.new_ones: "new_ones", _aten.to: "to", _aten._to_copy: "to", _aten.type_as: "to",
+    _aten.contiguous: "contiguous", _aten.slice: "slice",
+}
+# Nodes that only check metadata; torch.export leaves one after each dtype cast.
+METADATA_CHECKS = (_aten._assert_tensor_metadata.default,)
 _METHODS: dict[str, str] = {
     "mul": "mul", "__mul__": "mul", "div": "div", "__truediv__": "div", "add": "add", "__add__": "add",
     "sub": "sub", "neg": "neg", "pow": "pow", "__pow__": "pow", "mean": "mean", "rsqrt": "rsqrt", "sqrt": "sqrt",
@@ -51,6 +72,8 @@ def op_name(node: object) -> str | None:
     if not isinstance(node, Node):
         return None
     if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):
+            return None if node.target is _aten.view.dtype else _ATEN.get(node.target.overloadpacket)
         try:
             return _FUNCTIONS.get(node.target)
         except TypeError:  # unhashable target
@@ -103,8 +126,14 @@ def last_dim(dim: object, ndim: int) -> bool:
 
 
 def cast_target(node: Node) -> torch.dtype | None:
-    """The dtype a `to`/`float`/`half`/`type_as` call converts to, if it is only a dtype cast."""
-    if node.op != "call_method":
+    """The dtype a `to`/`float`/`half`/`type_as` call (or its aten overload) converts to, if it is
+    only a dtype cast."""
+    if op_name(node) != "to":
+        return None
+    if node.op == "call_function":  # aten.to.dtype / _to_copy / type_as: the recorded values tell
+        out, inp = tensor(node), tensor(node.args[0]) if node.args else None
+        if out is not None and inp is not None and out.device == inp.device and out.shape == inp.shape:
+            return out.dtype
         return None
     name = node.target
     fixed = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
@@ -150,10 +179,60 @@ def insert_call(graph: Graph, anchor: Node, fn: Callable, args: Sequence[object]
     """
     with graph.inserting_before(anchor):
         new = graph.call_function(fn, tuple(args))
-    for key in ("example_value", "stack_trace", "nn_module_stack", "source_fn_stack"):
+    for key in ("example_value", "val", "stack_trace", "nn_module_stack", "source_fn_stack"):
         if key in anchor.meta:
             new.meta[key] = anchor.meta[key]
     return new
+
+
+def insert_cast(graph: Graph, anchor: Node, x: Node, dtype: torch.dtype) -> Node:
+    """`x.to(dtype)` before `anchor`, spelled as the graph spells casts (a method call in Dynamo's
+    graph, aten.to.dtype in an aten graph)."""
+    aten = isinstance(anchor.target, torch._ops.OpOverload)
+    with graph.inserting_before(anchor):
+        new = graph.call_function(_aten.to.dtype, (x, dtype)) if aten else graph.call_method("to", (x, dtype))
+    new.meta["val" if aten else "example_value"] = tensor(x).to(dtype)
+    return new
+
+
+def last_dim_slice(node: object) -> tuple[Node, object, object, object] | None:
+    """(x, start, stop, step) when `node` slices only x's last dimension: `x[..., a:b:c]`,
+    `x[:, :, :, a:b:c]`, or aten.slice.Tensor on the last dim. start is 0 and step 1 when omitted;
+    stop is None when the slice runs to the end. Values may be graph nodes' recorded SymInts."""
+    if not isinstance(node, Node) or tensor(node.args[0] if node.args else None) is None:
+        return None
+    x = node.args[0]
+    rank = tensor(x).dim()
+    if op_name(node) == "slice":
+        dim, start, stop, step = (arg(node, i, name, d) for i, name, d in
+                                  ((1, "dim", 0), (2, "start", None), (3, "end", None), (4, "step", 1)))
+        if not isinstance(dim, int) or dim % max(rank, 1) != rank - 1:
+            return None
+        start, stop, step = (val(v) for v in (start, stop, step))
+        if stop is not None and isinstance(stop, int) and stop >= 2**62:  # aten's "to the end"
+            stop = None
+        return x, 0 if start is None else start, stop, 1 if step is None else step
+    if not is_op(node, "getitem"):
+        return None
+    index = node.args[1]
+    index = index if isinstance(index, tuple) else (index,)
+    if len(index) == 2 and index[0] is Ellipsis:
+        index = index[1:]
+    elif len(index) != rank or any(i != slice(None) for i in index[:-1]):
+        return None
+    last = index[-1]
+    if not isinstance(last, slice):
+        return None
+    start, stop, step = (val(v) for v in (last.start, last.stop, last.step))
+    return x, 0 if start is None else start, stop, 1 if step is None else step
+
+
+def drop_metadata_checks(graph: Graph) -> None:
+    """Removes torch.export's `_assert_tensor_metadata` nodes: they use a value without needing it,
+    and would otherwise count as a second use of every intermediate a pattern replaces."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in METADATA_CHECKS:
+            graph.erase_node(node)
 
 
 def erase_dead(graph: Graph, nodes: Sequence[Node]) -> None:

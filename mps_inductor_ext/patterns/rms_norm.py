@@ -112,9 +112,12 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
             return NearMiss(KIND, rsqrt, f"an intermediate ({n.name}) is used elsewhere, which the op cannot serve")
     x = strip_casts(h)
     if h is not x:
-        if set(h.users) != {square, scaled}:
+        if set(h.users) == {square, scaled}:
+            matched.append(h)
+        elif tensor(h).dtype == tensor(x).dtype:
+            x = h  # a cast to the dtype it already has (torch.export keeps it, and other uses read it)
+        else:
             return NearMiss(KIND, rsqrt, "the upcast input is used elsewhere, which the op cannot serve")
-        matched.append(h)
 
     # Outwards from the normalized value: casts, an optional weight (plain, or Gemma's 1 + w), casts.
     out = _follow_casts(scaled, matched)

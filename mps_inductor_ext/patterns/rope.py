@@ -23,7 +23,7 @@ from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, constant, insert_call, is_op, last_dim, only_user, operands, tensor, val
+from .fx import arg, constant, insert_call, is_op, last_dim, last_dim_slice, only_user, operands, tensor, val
 
 KIND = "rope"
 
@@ -74,7 +74,7 @@ def _rotation(node: object) -> tuple[Node, bool, list[Node]] | None:
         if pair is None:
             return None
         (x2, neg), x1 = pair
-        s1, s2 = _last_slice(x1), _last_slice(x2)
+        s1, s2 = last_dim_slice(x1), last_dim_slice(x2)
         if not (s1 and s2 and s1[0] is s2[0] and _slice_is(s1, 0, None, 2) and _slice_is(s2, 1, None, 2)):
             return None
         x = s1[0]
@@ -103,7 +103,7 @@ def _halves(x1: object, x2: object) -> tuple[Node, list[Node]] | None:
                 or not last_dim(constant(arg(chunk, 2, "dim", 0)), _rank(x)):
             return None
         return x, [chunk]
-    s1, s2 = _last_slice(x1), _last_slice(x2)
+    s1, s2 = last_dim_slice(x1), last_dim_slice(x2)
     if not (s1 and s2 and s1[0] is s2[0]):
         return None
     x = s1[0]
@@ -111,23 +111,6 @@ def _halves(x1: object, x2: object) -> tuple[Node, list[Node]] | None:
     if size is None or not (_slice_is(s1, 0, size // 2, 1) and _slice_is(s2, size // 2, None, 1)):
         return None
     return x, []
-
-
-def _last_slice(node: object) -> tuple[Node, object, object, object] | None:
-    """(x, start, stop, step) for `x[..., a:b:c]` or `x[:, :, :, a:b:c]` (start 0 and step 1 when omitted)."""
-    if not is_op(node, "getitem") or tensor(node.args[0]) is None:
-        return None
-    x, index = node.args
-    index = index if isinstance(index, tuple) else (index,)
-    if len(index) == 2 and index[0] is Ellipsis:
-        index = index[1:]
-    elif len(index) != _rank(x) or any(i != slice(None) for i in index[:-1]):
-        return None
-    last = index[-1]
-    if not isinstance(last, slice):
-        return None
-    start, stop, step = (_value(v) for v in (last.start, last.stop, last.step))
-    return x, 0 if start is None else start, stop, 1 if step is None else step
 
 
 def _slice_is(s: tuple, start: object, stop: object, step: object) -> bool:
@@ -205,7 +188,7 @@ def _check(add: Node, x: Node, cos: Node, sin: Node, interleaved: bool, matched:
 def _partial(add: Node, x: Node, matched: list[Node]) -> tuple[Node, Node, list[Node]]:
     """(anchor, tensor the op reads, extra nodes): `cat((rope(full[..., :R]), full[..., R:]), -1)`
     folds into a rope of `full`; anything else is a rope of x as it stands."""
-    cat, head = only_user(add), _last_slice(x)
+    cat, head = only_user(add), last_dim_slice(x)
     if cat is None or not is_op(cat, "cat") or head is None or not _slice_is(head, 0, _size(x), 1):
         return add, x, []
     full = head[0]
@@ -213,7 +196,7 @@ def _partial(add: Node, x: Node, matched: list[Node]) -> tuple[Node, Node, list[
     if not (isinstance(parts, (list, tuple)) and len(parts) == 2 and parts[0] is add
             and last_dim(constant(arg(cat, 1, "dim", 0)), _rank(cat))):
         return add, x, []
-    rest = _last_slice(parts[1])
+    rest = last_dim_slice(parts[1])
     if rest is None or rest[0] is not full or not _slice_is(rest, _size(x), None, 1):
         return add, x, []
     if not set(x.users) <= set(matched) or only_user(parts[1]) is not cat:

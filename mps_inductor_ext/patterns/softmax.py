@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.fx import Node
 
 from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, cast_target, constant, insert_call, last_dim, only_user, op_name, tensor
+from .fx import arg, cast_target, constant, insert_call, insert_cast, last_dim, only_user, op_name, tensor
 
 KIND = "softmax"
 HALF = (torch.float16, torch.bfloat16)
@@ -86,11 +86,7 @@ def _rewrite(anchor: Node, x: object, dim: int, log: bool, matched: list[Node], 
     dim = dim[0] if isinstance(dim, (list, tuple)) else dim
 
     def build(graph):
-        src = x
-        if upcast:
-            with graph.inserting_before(anchor):
-                src = graph.call_method("to", (x, torch.float32))
-            src.meta["example_value"] = tensor(x).to(torch.float32)
+        src = insert_cast(graph, anchor, x, torch.float32) if upcast else x
         return insert_call(graph, anchor, torch.ops.mpsk.softmax.default, (src, dim, log))
 
     return Rewrite(KIND, anchor, [x], build, matched, detail)

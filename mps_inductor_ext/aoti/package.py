@@ -1,0 +1,93 @@
+"""torch.export + AOTInductor with the mpsk patterns and lowerings: `.pt2` packages that keep the kernels.
+
+`aoti_compile_and_package` exports the model (or takes an ExportedProgram) and compiles it with
+Inductor's AOT path under the same graph pass as the backend (the pre-grad hook, which on this
+path sees the exported training-IR graph, hence the patterns' aten spellings) and with the mpsk
+lowerings installed, so the generated C++ launches the Metal kernels through the AOTI MPS shim.
+
+`aoti_load_package` loads such a package. A package whose kernels run on the CPU emulator
+(made with `config.emulate_metal` on CPU tensors) calls `aoti_torch_mps_*`, which only macOS's
+libtorch defines; the emulated shim is loaded first so those calls resolve against it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import lowerings
+from ..passes import MpskGraphPass, RecordAtenGraph, check_patterns_setting
+from . import emulated_shim
+
+SHIM_SYMBOL = b"aoti_torch_mps_create_shader_library"
+
+
+def _check_path(package_path: object) -> str | None:
+    if package_path is None:
+        return None
+    if not isinstance(package_path, (str, os.PathLike)):
+        raise TypeError(f"mpsk: package_path must be a str or os.PathLike, got {type(package_path).__name__}")
+    path = os.fspath(package_path)
+    if not path.endswith(".pt2"):
+        raise ValueError(f"mpsk: package_path must end in .pt2, got {path!r}")
+    return path
+
+
+def _export(model: object, example_args: object, dynamic_shapes: object) -> torch.export.ExportedProgram:
+    if isinstance(model, torch.export.ExportedProgram):
+        if dynamic_shapes is not None:
+            raise ValueError("mpsk: dynamic_shapes applies when exporting a module; an ExportedProgram already "
+                             "carries its own")
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"mpsk: expected a torch.nn.Module or torch.export.ExportedProgram, got {type(model).__name__}")
+    if not isinstance(example_args, tuple):
+        raise TypeError(f"mpsk: example_args must be a tuple of the model's positional inputs, got "
+                        f"{type(example_args).__name__}")
+    return torch.export.export(model, example_args, dynamic_shapes=dynamic_shapes)
+
+
+def aoti_compile_and_package(
+    model_or_exported_program: torch.nn.Module | torch.export.ExportedProgram,
+    example_args: tuple[Any, ...] | None = None,
+    package_path: str | os.PathLike | None = None,
+    dynamic_shapes: Any = None,
+) -> str:
+    """Exports (unless given an ExportedProgram) and AOT-compiles with the mpsk patterns and Metal
+    kernel lowerings; returns the `.pt2` package's path.
+
+    `example_args` are the module's positional inputs (unused for an ExportedProgram, which has its
+    own); `dynamic_shapes` is torch.export's, e.g. `({1: torch.export.Dim("seq")},)`.
+    """
+    path = _check_path(package_path)
+    ep = _export(model_or_exported_program, example_args, dynamic_shapes)
+    check_patterns_setting()
+    lowerings.install()
+    options = {"pre_grad_custom_pass": MpskGraphPass(), "post_grad_custom_post_pass": RecordAtenGraph()}
+    return torch._inductor.aoti_compile_and_package(ep, package_path=path, inductor_configs=options)
+
+
+def needs_emulated_shim(package_path: str | os.PathLike) -> bool:
+    """Whether a package's model library calls the AOTI MPS shim (so on a libtorch without one, the
+    emulated shim must be loaded before it)."""
+    with zipfile.ZipFile(package_path) as archive:
+        return any(name.endswith(".so") and SHIM_SYMBOL in archive.read(name) for name in archive.namelist())
+
+
+def aoti_load_package(package_path: str | os.PathLike) -> Callable[..., Any]:
+    """Loads a `.pt2` package as a callable model (pytree inputs and outputs, as exported)."""
+    if not isinstance(package_path, (str, os.PathLike)):
+        raise TypeError(f"mpsk: package_path must be a str or os.PathLike, got {type(package_path).__name__}")
+    path = os.fspath(package_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mpsk: no package at {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"mpsk: {path!r} is not a .pt2 package (not a zip archive)")
+    if needs_emulated_shim(path) and not emulated_shim.has_native_shim():
+        emulated_shim.load()
+    return torch._inductor.aoti_load_package(path)
+
