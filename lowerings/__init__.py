@@ -1,20 +1,24 @@
 """Inductor lowerings of the mpsk ops into Metal kernel launches rendered from each op's LaunchPlan.
 
 `install()` registers them (idempotent); the mpsk backend and `aoti_compile_and_package` call it,
-so compiled code launches the kernels itself rather than calling the ops' Python implementation.
+so compiled code launches the kernels itself rather than calling the ops' Python implementation;
+where no kernel can run, the ops decompose into ATen math that Inductor compiles as usual.
 `uninstall()` removes them.
 """
 
 
 def install() -> None:
-    """Registers one Inductor lowering per mpsk op (see lowerings.ops)."""
-    from .ops import install as _install
+    """Registers one Inductor lowering per mpsk op (see lowerings.ops), and their decompositions into
+    ATen math where no Metal kernel runs (lowerings.decompose)."""
+    from . import decompose, ops
 
-    _install()
+    ops.install()
+    decompose.install()
 
 
 def uninstall() -> None:
-    """Removes the lowerings (the mpsk ops fall back to Inductor's default extern call)."""
-    from .ops import uninstall as _uninstall
+    """Removes both (the mpsk ops fall back to Inductor's default extern call)."""
+    from . import decompose, ops
 
-    _uninstall()
+    ops.uninstall()
+    decompose.uninstall()

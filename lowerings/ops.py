@@ -8,8 +8,7 @@ custom op (`make_fallback`-style), which on CPU without emulation computes the A
 Falls back (documented limits):
 - the C++ wrapper on CPU tensors when the emulated MPS shim cannot be loaded (a libtorch that has
   the real shim, i.e. macOS, whose shim cannot launch on CPU tensors);
-- a row length (norms: last dim; softmax: the reduced dim) or head dim that is symbolic:
-  `norm_plan` / `softmax_plan` pick the variant from it and need an int;
+- a head dim that is symbolic (the attention kernels are specialized on it);
 - a statically empty tensor, and a float attention mask of another dtype than q.
 
 Symbolic sizes the attention builder compares (Sq with decode_max_q; Skv with split_kv_above
@@ -68,6 +67,12 @@ def _int(value) -> int | None:
     return int(value) if value.is_Integer else None
 
 
+def _static(value):
+    """`value` as an int when it is static, else as the graph's size expression."""
+    static = _int(value)
+    return value if static is None else static
+
+
 def _empty(sizes) -> bool:
     return any(_int(s) == 0 for s in sizes)
 
@@ -77,9 +82,9 @@ def _contiguous(x):
 
 
 def _aligned(x, cols) -> bool:
-    """Whether 4-wide loads suit contiguous rows of `x`: a multiple-of-4 row length and an offset of
-    a multiple of 4 in a buffer Inductor allocated (a graph input's base alignment is unknown)."""
-    if cols % 4 or x.get_name() in V.graph.graph_inputs:
+    """Whether 4-wide loads suit contiguous rows of `x`: a known multiple-of-4 row length and an offset
+    of a multiple of 4 in a buffer Inductor allocated (a graph input's base alignment is unknown)."""
+    if not isinstance(cols, int) or cols % 4 or x.get_name() in V.graph.graph_inputs:
         return False
     offset = _int(x.get_layout().offset)
     return offset is not None and offset % 4 == 0
@@ -108,9 +113,9 @@ def _kernel(op, x, size, inputs, tensors, plan, backend, substitutions=None):
 def _norm(kind, op, input, weight, bias, eps, weight_offset):
     backend = _backend(input)
     size = input.get_size()
-    cols = _int(size[-1])
-    if backend is None or cols is None or _empty(size):
+    if backend is None or _empty(size):
         return None
+    cols = _static(size[-1])  # symbolic: the plan takes the looped form
     x = _contiguous(input)
     affine = [t for t in (weight, bias) if t is not None]
     inputs = [x, *(_contiguous(t) for t in affine)]
@@ -133,9 +138,7 @@ def _softmax(op, input, dim, log):
     if backend is None or not size or _empty(size):
         return None
     d = dim % len(size)
-    cols = _int(size[d])
-    if cols is None:
-        return None
+    cols = _static(size[d])  # symbolic: the plan takes the online form
     outer, inner = sympy.Mul(*size[:d]), sympy.Mul(*size[d + 1:])
     x = _contiguous(input)
     strides = (cols * inner, inner, 1)
@@ -213,7 +216,7 @@ def _attention(op, q, k, v, attn_mask, scale, is_causal, window):
     sq = _decided(Sq, policy.decode_max_q, "sq", subs)
     decode = sq <= policy.decode_max_q
     skv = _decided(Skv, policy.split_kv_above, "skv", subs) if decode else Skv
-    shape = tuple(_int(n) if _int(n) is not None else n for n in (B, Hq, Hkv)) + (sq, skv, D, Dv)
+    shape = tuple(_static(n) for n in (B, Hq, Hkv)) + (sq, skv, D, Dv)
     qc, kc, vc = (_contiguous(t) for t in (q, k, v))
     inputs, tensors = [qc, kc, vc], {"q": (0, None), "k": (1, None), "v": (2, None)}
     mask_strides = None

@@ -106,11 +106,17 @@ def vector_aligned(t: torch.Tensor, width: int = 4) -> bool:
     return t.shape[-1] % width == 0 and rows_ok and t.storage_offset() % width == 0
 
 
-def threads_per_row(kernel: str, dtype: torch.dtype, cols: int, vec: int, policy) -> int:
+DYNAMIC_ROW_THREADS = 256  # threads per row when the row length is symbolic (known only at run time)
+
+
+def threads_per_row(kernel: str, dtype: torch.dtype, cols, vec: int, policy) -> int:
     """Threads per row for a row kernel: the policy's fixed size, else the measured best
-    (tuning cache), else enough SIMD-groups for one `vec`-wide load per thread."""
+    (tuning cache), else enough SIMD-groups for one `vec`-wide load per thread. A symbolic row
+    length (a compiled graph's dynamic hidden size) takes DYNAMIC_ROW_THREADS."""
     if policy.threads_per_row:
         return policy.threads_per_row
+    if not isinstance(cols, int):
+        return min(policy.max_threads_per_row, DYNAMIC_ROW_THREADS)
     tuned = tuning.lookup(kernel, dtype, cols)
     if tuned:
         return min(tuned, policy.max_threads_per_row)

@@ -21,7 +21,7 @@ from .common import (
     threads_per_row,
     vector_aligned,
 )
-from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, run_plan, specialize
 
 MAX_REGISTER_LOADS = 4  # loads per thread kept in registers before the looped form takes over
 
@@ -35,7 +35,7 @@ def norm_plan(
     kind: str,
     dtype: torch.dtype,
     rows: int,
-    cols: int,
+    cols: int | Size,
     x_row_stride: int,
     out_row_stride: int,
     *,
@@ -46,13 +46,16 @@ def norm_plan(
     vector_ok: bool,
     policy: NormPolicy,
 ) -> LaunchPlan:
-    """One threadgroup per row; the row is held in registers when it fits in a few loads."""
+    """One threadgroup per row; the row is held in registers when it fits in a few loads.
+
+    A symbolic `cols` (known only at run time) takes the looped form, which serves any length.
+    """
     if kind not in ("rms_norm", "layer_norm"):
         raise ValueError(f"unknown norm kind {kind!r}")
     vec = 4 if vector_ok and policy.vector_width == 4 else 1
     threads = threads_per_row(kind, dtype, cols, vec, policy)
     per_pass = threads * vec
-    nreg = ceil_div(cols, per_pass) if cols <= per_pass * MAX_REGISTER_LOADS else 0
+    nreg = ceil_div(cols, per_pass) if isinstance(cols, int) and cols <= per_pass * MAX_REGISTER_LOADS else 0
     source = specialize(
         _template(),
         {"VEC": vec, "NREG": nreg, "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias,
@@ -160,12 +163,17 @@ def _check_layer_norm(input, weight, bias, eps) -> float:
     return check_eps("layer_norm", eps)
 
 
+def layer_norm_reference(input, weight, bias, eps):
+    """F.layer_norm over the last dimension."""
+    return torch.nn.functional.layer_norm(input, (input.shape[-1],), weight, bias, eps)
+
+
 @torch.library.custom_op("mpsk::layer_norm", mutates_args=())
 def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     eps = _check_layer_norm(input, weight, bias, eps)
     backend = metal_backend(input)
     if backend is None:
-        return torch.nn.functional.layer_norm(input, (input.shape[-1],), weight, bias, eps)
+        return layer_norm_reference(input, weight, bias, eps)
     return _run_metal("layer_norm", input, weight, bias, eps, 0.0, backend)
 
 

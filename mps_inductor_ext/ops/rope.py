@@ -58,7 +58,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """The op's ATen math: the rotation in fp32 (fp64 for fp64), the rest of x passed through."""
     acc = _acc_dtype(x.dtype)
     rot = cos.shape[-1]
     x1 = x[..., :rot].to(acc)
@@ -127,7 +128,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
     _check(x, cos, sin, interleaved)
     backend = metal_backend(x)
     if backend is None:
-        return _reference(x, cos, sin, interleaved)
+        return rope_reference(x, cos, sin, interleaved)
     return _run_metal(x, cos, sin, interleaved, backend)
 
 

@@ -11,7 +11,7 @@ from .. import config
 from ..config import SoftmaxPolicy
 from ..shaders import load_source
 from .common import METAL_DTYPES, check_tensor, metal_backend, new_buffer, threads_per_row, vector_aligned
-from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, ceil_div, run_plan, specialize
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, run_plan, specialize
 
 MAX_REGISTER_LOADS = 8  # loads per thread kept in registers; longer rows take the online form
 
@@ -24,7 +24,7 @@ def _template() -> str:
 def softmax_plan(
     dtype: torch.dtype,
     outer: int,
-    cols: int,
+    cols: int | Size,
     inner: int,
     x_strides: tuple[int, int, int],
     out_strides: tuple[int, int, int],
@@ -38,15 +38,13 @@ def softmax_plan(
     Rows up to `policy.online_above` that fit in MAX_REGISTER_LOADS loads per thread are
     read once into registers; longer rows take the online form (one read for the
     running max and rescaled sum, one to write), so register use stays bounded.
-    `cols` must be concrete (it picks the variant); the other sizes may be symbolic.
+    Any size may be symbolic; a symbolic `cols` takes the online form, which serves any length.
     """
-    if not isinstance(cols, int):
-        raise ValueError(f"softmax_plan: the row length picks the kernel variant and must be concrete, got {cols}")
     vec = 4 if vector_ok and policy.vector_width == 4 else 1
     threads = threads_per_row("softmax", dtype, cols, vec, policy)
-    nreg = ceil_div(cols, threads * vec)
-    if cols > policy.online_above or nreg > MAX_REGISTER_LOADS:
-        nreg = 0
+    nreg = 0
+    if isinstance(cols, int) and cols <= policy.online_above and ceil_div(cols, threads * vec) <= MAX_REGISTER_LOADS:
+        nreg = ceil_div(cols, threads * vec)
     source = specialize(_template(), {"VEC": vec, "NREG": nreg, "LOG": log})
     args = (TensorArg("out"), TensorArg("x"), IntArg(cols), IntArg(inner),
             *(IntArg(s) for s in x_strides), *(IntArg(s) for s in out_strides))
@@ -91,6 +89,11 @@ def _check(input: torch.Tensor, dim: object, log: object) -> int:
     return dim % ndim
 
 
+def softmax_reference(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
+    """torch.softmax / torch.log_softmax over `dim`, contiguous as the op's result is."""
+    return (torch.log_softmax if log else torch.softmax)(input, dim).contiguous()
+
+
 @torch.library.custom_op("mpsk::softmax", mutates_args=())
 def softmax(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
     """torch.softmax (or torch.log_softmax with `log`) over `dim`, in the input's dtype.
@@ -101,7 +104,7 @@ def softmax(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
     d = _check(input, dim, log)
     backend = metal_backend(input)
     if backend is None:
-        return (torch.log_softmax if log else torch.softmax)(input, dim).contiguous()
+        return softmax_reference(input, dim, log)
     return _run_metal(input, d, log, backend)
 
 
