@@ -1,4 +1,4 @@
-"""Command line: ``python -m mps_inductor_ext {demo,explain,doctor}``."""
+"""Command line: ``python -m mps_inductor_ext {demo,export,explain,doctor}``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="check a Metal kernel, then compile a tiny Llama with backend=mpsk vs eager")
     demo.add_argument("--backend", choices=["auto", "mps", "cpu"], default="auto")
+    export = sub.add_parser(
+        "export", help="package the demo's tiny Llama with torch.export + AOTInductor, Metal kernels kept, and "
+                       "check the loaded package against eager")
+    export.add_argument("package", help="where to write the package (a .pt2 path)")
+    export.add_argument("--backend", choices=["auto", "mps", "cpu"], default="auto")
     explain = sub.add_parser(
         "explain", usage=EXPLAIN_USAGE,
         help="run a script and report its graph breaks, recompilations, fusions and MPS hazards",
@@ -98,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo as demo_mod
 
         return demo_mod.run(args.backend)
+    if args.command == "export":
+        from . import demo as demo_mod
+
+        try:
+            return demo_mod.export(args.package, args.backend)
+        except (TypeError, ValueError) as e:
+            print(f"export: {e}", file=sys.stderr)
+            return 2
     if args.command == "explain":
         return _run_explain(args, args.script_args)
     if args.command == "doctor":

@@ -1,5 +1,6 @@
 """The README's first command: a Metal kernel checked against PyTorch, then a small built-in
-Llama-style model compiled with backend="mpsk" and checked against eager PyTorch.
+Llama-style model compiled with backend="mpsk" and checked against eager PyTorch. And its export
+command: the same model as an AOTInductor package that keeps the Metal kernels.
 
 On a Mac the model runs on MPS; elsewhere on the CPU with `config.emulate_metal`, so the same
 Metal kernels run on the emulator (its times are emulator times, not GPU times).
@@ -12,7 +13,7 @@ import time
 
 import torch
 
-from . import config, counters, reset_counters, shaders
+from . import aoti, config, counters, reset_counters, shaders
 from .models import TinyLlama
 
 ROWS, COLS, GROUP = 64, 4096, 256
@@ -68,25 +69,69 @@ def model_check(device: str) -> bool:
         eager_t = statistics.median(_timed(lambda: model(ids), device) for _ in range(REPEATS))
         comp_t = statistics.median(_timed(lambda: compiled(ids), device) for _ in range(REPEATS))
     expected = model.expected_replacements()
-    replaced = dict(counters)
-    kinds = sorted(set(expected) | set(replaced))
-    print("   replaced: " + ", ".join(f"{k} {replaced.get(k, 0)} (of {expected.get(k, 0)})" for k in kinds))
+    print("   replaced: " + _replacements(expected))
     err = (got - ref).abs().max().item()
     close = torch.allclose(got, ref, rtol=MODEL_TOL, atol=MODEL_TOL)
     print(f"   max abs difference of the logits from eager: {err:.3g} -> {'OK' if close else 'MISMATCH'}")
     print(f"   first compiled call (compiles): {first:.1f} s")
     print(f"   time per forward, median of {REPEATS}: eager {eager_t * 1e3:.2f} ms, "
           f"backend=\"mpsk\" {comp_t * 1e3:.2f} ms")
-    return close and replaced == expected
+    return close and dict(counters) == expected
+
+
+def _replacements(expected: dict[str, int]) -> str:
+    replaced = dict(counters)
+    kinds = sorted(set(expected) | set(replaced))
+    return ", ".join(f"{k} {replaced.get(k, 0)} (of {expected.get(k, 0)})" for k in kinds)
+
+
+def _device(backend: str) -> str:
+    """The device for `backend`, after saying which it is."""
+    if backend == "mps":
+        print("backend: mps (Apple GPU, torch.mps.compile_shader); device: mps")
+        return "mps"
+    print("backend: cpu (CPU emulator of Metal compute); device: cpu with mps_inductor_ext.config.emulate_metal")
+    return "cpu"
+
+
+EXPORT_SEQS = (SEQ, 7)  # the example's length, and one the package must handle through its dynamic dim
+
+
+def export(path: str, backend: str = "auto") -> int:
+    """Packages TinyLlama with a dynamic sequence length (torch.export + AOTInductor, kernels kept),
+    loads the package back and checks it against eager at two lengths."""
+    backend = shaders.resolve_backend(backend)
+    device = _device(backend)
+    torch.manual_seed(0)
+    model = TinyLlama().to(device).eval()
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (BATCH, SEQ), device=device)
+    reset_counters()
+    seq = torch.export.Dim("seq", min=2, max=256)
+    with config.patch(emulate_metal=backend == "cpu"):
+        start = time.perf_counter()
+        path = aoti.aoti_compile_and_package(model, (ids,), path, dynamic_shapes=({1: seq},))
+        took = time.perf_counter() - start
+    expected = model.expected_replacements()
+    print(f"package: {path} ({took:.1f} s to export and compile)")
+    print("   replaced: " + _replacements(expected))
+    loaded = aoti.aoti_load_package(path)
+    ok = dict(counters) == expected
+    for length in EXPORT_SEQS:
+        x = torch.randint(0, vocab, (BATCH, length), device=device)
+        with torch.no_grad():
+            err = (loaded(x) - model(x)).abs().max().item()
+        close = err <= MODEL_TOL
+        ok = ok and close
+        print(f"   {BATCH}x{length} tokens: max abs difference of the logits from eager: {err:.3g} -> "
+              f"{'OK' if close else 'MISMATCH'}")
+    print("result: OK" if ok else "result: FAILED")
+    return 0 if ok else 1
 
 
 def run(backend: str = "auto") -> int:
     backend = shaders.resolve_backend(backend)
-    device = "mps" if backend == "mps" else "cpu"
-    if backend == "mps":
-        print("backend: mps (Apple GPU, torch.mps.compile_shader); device: mps")
-    else:
-        print("backend: cpu (CPU emulator of Metal compute); device: cpu with mps_inductor_ext.config.emulate_metal")
+    device = _device(backend)
     ok = kernel_check(backend, device)
     with config.patch(emulate_metal=backend == "cpu"):
         ok = model_check(device) and ok

@@ -121,15 +121,33 @@ class Norm(torch.nn.Module):
         return torch.nn.functional.rms_norm(x, (32,), self.weight, 1e-6)
 
 
-def test_exported_program_is_accepted(tmp_path):
-    model, x = Norm(), torch.randn(3, 32)
-    ep = torch.export.export(model, (x,))
+class NormsAndSoftmax(torch.nn.Module):
+    """The two families the transformer tests do not package: LayerNorm and a softmax of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(32)
+        self.proj = torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        return torch.softmax(self.proj(self.ln(x)), dim=-1)
+
+
+def test_exported_program_with_layer_norm_and_softmax(tmp_path):
+    torch.manual_seed(0)
+    model, x = NormsAndSoftmax(), torch.randn(3, 5, 32)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("seq", min=2, max=64)},))
     mpsk.reset_counters()
     with mpsk.config.patch(emulate_metal=True):
-        path = mpsk.aoti_compile_and_package(ep, package_path=tmp_path / "norm.pt2")
-    assert dict(mpsk.counters) == {"rms_norm": 1}
+        path = mpsk.aoti_compile_and_package(ep, package_path=tmp_path / "ln_softmax.pt2")
+    assert dict(mpsk.counters) == {"layer_norm": 1, "softmax": 1}
+    cpp = generated_cpp(path)
+    assert '"layer_norm_float"' in cpp and '"softmax_float"' in cpp
+    assert "mpsk::" not in cpp and "proxy_executor_call_function" not in cpp
     loaded = mpsk.aoti_load_package(path)
-    torch.testing.assert_close(loaded(x), model(x), rtol=TOL, atol=TOL)
+    for length in (5, 9):
+        x = torch.randn(3, length, 32)
+        torch.testing.assert_close(loaded(x), model(x), rtol=TOL, atol=TOL)
 
 
 def test_without_emulation_the_package_is_plain_inductor_code(tmp_path):

@@ -41,3 +41,29 @@ def test_demo_fails_when_a_pattern_is_missed(capsys):
     out = capsys.readouterr().out
     assert "attention 0 (of 2)" in out
     assert "result: FAILED" in out
+
+
+@pytest.mark.slow
+def test_export_command_then_load_in_a_fresh_process(tmp_path):
+    """The README's export command, then its one-line load of the package in a new process."""
+    path = tmp_path / "tiny_llama.pt2"
+    proc = subprocess.run([sys.executable, "-m", "mps_inductor_ext", "export", str(path), "--backend", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert expected_line() in out
+    diffs = re.findall(r"tokens: max abs difference of the logits from eager: (\S+) -> OK", out)
+    assert len(diffs) == len(demo.EXPORT_SEQS) and all(float(d) <= demo.MODEL_TOL for d in diffs)
+    assert out.rstrip().endswith("result: OK")
+    load = (f"import torch, mps_inductor_ext as mpsk; m = mpsk.aoti_load_package({str(path)!r}); "
+            "print(tuple(m(torch.randint(0, 256, (1, 9))).shape))")
+    proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"(1, 9, {TinyLlamaConfig().vocab_size})"
+
+
+def test_export_command_rejects_a_path_that_is_not_a_package(tmp_path, capsys):
+    from mps_inductor_ext.__main__ import main
+
+    assert main(["export", str(tmp_path / "model.zip"), "--backend", "cpu"]) == 2
+    assert "must end in .pt2" in capsys.readouterr().err
