@@ -1,9 +1,11 @@
 """One Inductor lowering per mpsk op: a `MetalKernel` built from the op's own plan builder, or a fallback.
 
 Each lowering decides from its inputs' device whether the Metal kernel can run (MPS, or CPU
-under `config.emulate_metal`, as `ops.common.metal_backend` decides for the eager op). If not,
-or if a case below cannot be planned at compile time, it emits the ordinary extern call of the
-custom op (`make_fallback`-style), which on CPU without emulation computes the ATen math.
+under `config.emulate_metal`, as `ops.common.metal_backend` decides for the eager op). Where it
+cannot, the op has usually been decomposed into ATen math before lowering (lowerings.decompose);
+what still arrives, and a case below that cannot be planned at compile time, becomes the
+ordinary extern call of the custom op (`make_fallback`-style), whose eager implementation
+launches the kernel itself.
 
 Falls back (documented limits):
 - the C++ wrapper on CPU tensors when the emulated MPS shim cannot be loaded (a libtorch that has

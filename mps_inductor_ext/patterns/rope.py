@@ -23,7 +23,7 @@ from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, constant, insert_call, is_op, last_dim, last_dim_slice, only_user, operands, tensor, val
+from .fx import arg, constant, insert_call, is_op, last_dim, last_dim_slice, only_user, operands, tensor
 
 KIND = "rope"
 
@@ -114,12 +114,8 @@ def _halves(x1: object, x2: object) -> tuple[Node, list[Node]] | None:
 
 
 def _slice_is(s: tuple, start: object, stop: object, step: object) -> bool:
-    """Whether a `_last_slice` result is provably x[..., start:stop:step]."""
+    """Whether a `last_dim_slice` result is provably x[..., start:stop:step]."""
     return _eq(s[1], start) and _eq(s[2], stop) and _eq(s[3], step)
-
-
-def _value(v: object) -> object:
-    return val(v) if isinstance(v, Node) else v
 
 
 def _eq(a: object, b: object) -> bool:
