@@ -186,7 +186,7 @@ class PythonLaunchWriter(_LaunchWriter):
         # A raw triple-quoted string keeps the Metal source readable (and its macros' line
         # continuations intact); repr is the fallback for a source that contains the quotes.
         text = f"r'''{source}'''" if "'''" not in source and not source.endswith("\\") else repr(source)
-        self.wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {self.node.backend!r})")
+        self.wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {self.node.backend!r}, strict=True)")
 
     def define_function(self, fn: str, lib: str, kernel: str) -> None:
         self.wrapper.header.writeline(f"{fn} = {lib}.get_kernel_function({kernel!r})")

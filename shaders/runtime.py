@@ -20,7 +20,7 @@ from . import mps_backend
 BACKENDS = ("auto", "mps", "cpu")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-_cache: dict[tuple[str, str], object] = {}
+_cache: dict[tuple[str, str, bool], object] = {}
 _cache_lock = threading.Lock()
 
 
@@ -37,8 +37,8 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _compile(source: str, backend: str):
-    key = (backend, source)
+def _compile(source: str, backend: str, strict: bool):
+    key = (backend, source, strict)
     with _cache_lock:
         lib = _cache.get(key)
     if lib is None:
@@ -47,23 +47,31 @@ def _compile(source: str, backend: str):
         else:
             from .emulator import compile_shader as emulated_compile
 
-            lib = emulated_compile(source)
+            lib = emulated_compile(source, strict=strict)
         with _cache_lock:
             lib = _cache.setdefault(key, lib)
     return lib
 
 
 class ShaderLibrary:
-    """A compiled Metal library on the `mps` or the emulated `cpu` backend."""
+    """A compiled Metal library on the `mps` or the emulated `cpu` backend.
 
-    def __init__(self, source: str, backend: str = "auto"):
+    `strict=True` is this project's lint for its own kernels, run by the emulator only (a Mac
+    accepts and ignores it, so the call is the same on both): every lane must reach each
+    SIMD-group function and barrier, where Metal lets inactive lanes skip them.
+    """
+
+    def __init__(self, source: str, backend: str = "auto", strict: bool = False):
         if not isinstance(source, str):
             raise TypeError(f"shader source must be a str, got {type(source).__name__}")
         if not source.strip():
             raise ValueError("shader source is empty")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self.backend = resolve_backend(backend)
         self.source = source
-        self._lib = _compile(source, self.backend)
+        self.strict = strict
+        self._lib = _compile(source, self.backend, strict)
 
     def get_kernel_function(self, name: str) -> KernelFunction:
         if not isinstance(name, str):
@@ -168,10 +176,10 @@ class KernelFunction:
         self._fn(*args, threads=threads, group_size=group)
 
 
-def compile_shader(source: str, backend: str = "auto") -> ShaderLibrary:
+def compile_shader(source: str, backend: str = "auto", strict: bool = False) -> ShaderLibrary:
     """Compiles Metal source for `backend` ("auto", "mps" or "cpu").
 
     "auto" picks mps where torch.backends.mps.is_available(), else the CPU emulator.
-    Compile errors raise SyntaxError carrying the compiler's message.
+    Compile errors raise SyntaxError carrying the compiler's message. `strict`: see ShaderLibrary.
     """
-    return ShaderLibrary(source, backend)
+    return ShaderLibrary(source, backend, strict)

@@ -8,10 +8,10 @@ requires_mps = pytest.mark.skipif(not HAS_MPS, reason="no MPS device on this mac
 
 @pytest.fixture
 def emulate():
-    """Compiles Metal source on the CPU emulator."""
+    """Compiles Metal source on the CPU emulator (strict: the lint for this project's kernels)."""
 
-    def build(source: str):
-        return compile_shader(source, backend="cpu")
+    def build(source: str, strict: bool = False):
+        return compile_shader(source, backend="cpu", strict=strict)
 
     return build
 

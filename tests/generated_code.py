@@ -55,8 +55,8 @@ def _unwrap_int(text: str) -> str:
 
 
 def python_launches(code: str) -> list[Launch]:
-    libs = {m[0]: m[1] for m in re.findall(r"^(mpsk_lib_\d+) = ShaderLibrary\(r'''(.*?)''', '\w+'\)$", code,
-                                            re.M | re.S)}
+    library = r"^(mpsk_lib_\d+) = ShaderLibrary\(r'''(.*?)''', '\w+', strict=True\)$"
+    libs = {m[0]: m[1] for m in re.findall(library, code, re.M | re.S)}
     fns = {m[0]: (m[1], m[2]) for m in re.findall(
         r"^(mpsk_lib_\w+) = (mpsk_lib_\d+)\.get_kernel_function\('(\w+)'\)$", code, re.M)}
     launches = []

@@ -64,6 +64,13 @@ kernel void simd_uniform(device float* out [[buffer(0)]], uint i [[thread_index_
 
 @pytest.fixture(scope="module")
 def divergent():
+    """The strict lint this project's own kernels run under: every lane reaches every sync."""
+    return compile_shader(DIVERGENT, backend="cpu", strict=True)
+
+
+@pytest.fixture(scope="module")
+def metal_divergent():
+    """Metal's own rules: SIMD-group functions act on the lanes that call them."""
     return compile_shader(DIVERGENT, backend="cpu")
 
 
@@ -100,12 +107,64 @@ def _at(text: str, nth: int = 0) -> str:
     ],
 )
 def test_divergent_sync_is_a_kernel_error(divergent, kernel, expect):
-    """A barrier or SIMD function reached by part of a group hangs or misbehaves on a GPU;
-    the scheduler sees every thread blocked or done, so it reports it instead of waiting."""
+    """Strict mode: a barrier or SIMD function reached by part of a group is reported; the
+    scheduler sees every thread blocked or done, so it reports it instead of waiting."""
     out = torch.zeros(64)
     with pytest.raises(KernelError, match=rf"kernel '{kernel}': .*{expect}"):
         getattr(divergent, kernel)(out, threads=64, group_size=64)
     assert torch.equal(out, torch.zeros(64))
+
+
+@pytest.mark.parametrize(
+    "kernel,expect",
+    [
+        ("barrier_in_if", r"every thread of SIMD-group 1 of threadgroup \(0, 0, 0\) returned without reaching it"),
+        (
+            "two_barriers",
+            rf"diverged: thread 0 waits at threadgroup_barrier {_at('threadgroup_barrier', 2)}, "
+            rf"thread 16 at threadgroup_barrier {_at('threadgroup_barrier', 3)}",
+        ),
+    ],
+)
+def test_divergent_barriers_are_errors_under_metal_rules_too(metal_divergent, kernel, expect):
+    """Threads at two different barriers, or a whole SIMD-group gone while others wait, would hang."""
+    out = torch.zeros(64)
+    with pytest.raises(KernelError, match=rf"kernel '{kernel}': .*{expect}"):
+        getattr(metal_divergent, kernel)(out, threads=64, group_size=64)
+    assert torch.equal(out, torch.zeros(64))
+
+
+def test_simd_functions_act_on_the_active_lanes(metal_divergent):
+    """MSL: a SIMD-group function in divergent control flow combines only the lanes that call it
+    (Inductor's threadgroup reductions call simd_sum from a prefix of the lanes)."""
+    i = torch.arange(64, dtype=torch.float32)
+    out = torch.zeros(64)
+    metal_divergent.simd_partial(out, threads=64, group_size=64)
+    active = (i % 32) < 8
+    expected = torch.where(active, torch.where(i < 32, 28.0, 284.0), i)
+    torch.testing.assert_close(out, expected)
+
+    out = torch.zeros(64)
+    metal_divergent.simd_after_return(out, threads=64, group_size=64)
+    expected = torch.tensor([496.0 - 5] * 32 + [1520.0] * 32)
+    expected[5] = 0.0  # lane 5 returned before writing
+    torch.testing.assert_close(out, expected)
+
+    out = torch.zeros(64)
+    metal_divergent.simd_two_functions(out, threads=64, group_size=64)
+    expected = torch.tensor([6.0] * 4 + [31.0] * 28 + [63.0] * 32)
+    torch.testing.assert_close(out, expected)
+
+
+def test_barrier_after_some_lanes_returned_counts_per_simd_group(metal_divergent):
+    """Documented choice: a barrier that every SIMD-group still reaches, with some of its lanes
+    returned, releases (Apple GPUs count arrival per SIMD-group; MLX's gemv relies on it).
+    Strict mode rejects it (test_divergent_sync_is_a_kernel_error)."""
+    out = torch.full((64,), -1.0)
+    metal_divergent.early_return(out, threads=64, group_size=64)
+    expected = torch.arange(64, dtype=torch.float32)
+    expected[3] = -1.0
+    torch.testing.assert_close(out, expected)
 
 
 def test_uniform_sync_runs(divergent):

@@ -118,7 +118,7 @@ def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str
         shape = tuple(_concrete(d, f"scratch {s.name}") for d in s.shape)
         table[s.name] = new_buffer(shape, s.dtype, device)
     for launch in plan.launches:
-        fn = ShaderLibrary(launch.source, backend).get_kernel_function(launch.kernel)
+        fn = ShaderLibrary(launch.source, backend, strict=True).get_kernel_function(launch.kernel)
         threads = [_concrete(t, f"{launch.kernel} threads") for t in launch.threads]
         group = [_concrete(g, f"{launch.kernel} group_size") for g in launch.group_size]
         args: Sequence[Arg] = launch.args

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import KernelError
+from ..errors import KernelError, UndefinedBehaviorWarning
 from . import toolchain
 from .prepass import DISPATCH_ATTRIBUTES
 
 MAX_THREADS_PER_THREADGROUP = 1024
+_MAX_ATOMIC_RANGES = 64  # mpsk_rt::kMaxAtomicRanges
+# sizeof(c10::metal::ErrorMessages): an atomic count, then 30 messages of 128 + 128 + 250 chars
+# and a line number (512 bytes with padding).
+ERROR_MESSAGES_BYTES = 4 + 30 * 512
+# How far apart two schedules may leave a float that atomic adds accumulated (relative to
+# the larger magnitude): the order of the additions changes their rounding, nothing else.
+_ATOMIC_RTOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 # mpsk_rt::Flags and mpsk_rt::Status
-_FIBERS, _FLIP_SCHEDULE = 1, 2
+_FIBERS, _FLIP_SCHEDULE, _STRICT = 1, 2, 4
 _NEEDS_FIBERS = 2
 SIMD_WIDTH = 32
 RED_ZONE = 4096
@@ -147,6 +155,38 @@ def _extent(t: torch.Tensor) -> int:
     return (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
 
 
+def _only_atomic_rounding(a: torch.Tensor, b: torch.Tensor, base: int, dtype, ranges) -> bool:
+    """Whether two schedules' bytes of one float argument differ only where atomic
+    read-modify-writes landed, and there only by rounding (within _ATOMIC_RTOL)."""
+    if dtype not in _ATOMIC_RTOL or not ranges:
+        return False
+    size = torch.empty((), dtype=dtype).element_size()
+    x, y = a.clone().view(dtype).float(), b.clone().view(dtype).float()
+    differ = (x != y) & ~(x.isnan() & y.isnan())
+    addrs = base + differ.nonzero().flatten() * size
+    for addr in addrs.tolist():
+        if not any(lo <= addr and addr + size <= hi for lo, hi in ranges):
+            return False
+    dx, dy = x[differ], y[differ]
+    return bool(((dx - dy).abs() <= _ATOMIC_RTOL[dtype] * torch.maximum(dx.abs(), dy.abs())).all())
+
+
+def _raise_reported_errors(kernel: str, errors: torch.Tensor) -> None:
+    """Raises for messages a kernel reported through c10/metal/error.h, as torch does at sync."""
+    count = int(errors[:4].view(torch.int32)[0])
+    if count == 0:
+        return
+    raw = errors[4:].numpy().tobytes()
+    messages = []
+    for k in range(min(count, 30)):
+        rec = raw[k * 512 : (k + 1) * 512]
+        text = rec[256:506].split(b"\0", 1)[0].decode(errors="replace")
+        func = rec[128:256].split(b"\0", 1)[0].decode(errors="replace")
+        line = int.from_bytes(rec[508:512], "little")
+        messages.append(f"{text} (in {func}, line {line})" if func else text)
+    raise KernelError(f"kernel '{kernel}' reported {count} error(s): " + "; ".join(messages))
+
+
 class _Staged:
     """A staging copy of the bytes the arguments cover in one storage (or of one scalar
     argument), between poisoned red zones. Bytes no argument covers (red zones, and gaps
@@ -251,7 +291,10 @@ class EmulatedKernel:
         return f"<emulated Metal kernel '{self.name}'>"
 
     # -- the compile_shader convenience call ----------------------------------------
-    def __call__(self, *args, threads=None, group_size=None, arg_casts=None) -> None:
+    def __call__(self, *args, threads=None, group_size=None, arg_casts=None, error_buf_idx=None) -> None:
+        """torch's `_mps_MetalKernel.__call__`. `error_buf_idx` binds the error-report buffer of
+        c10/metal/error.h at that index (Inductor passes it for kernels that check indices); a
+        report raises here, where torch raises at the next synchronize."""
         casts = self._parse_casts(arg_casts, args)
         threads_dims = _normalize_dims(threads, "threads", self.name)
         if threads_dims is None:
@@ -267,7 +310,18 @@ class EmulatedKernel:
                     f"a dispatch needs at least one thread"
                 )
         group_dims = _normalize_dims(group_size, "group_size", self.name)
-        self.dispatch(dict(enumerate(args)), threads_dims, group_dims, casts)
+        bound = dict(enumerate(args))
+        if error_buf_idx is None:
+            self.dispatch(bound, threads_dims, group_dims, casts)
+            return
+        if isinstance(error_buf_idx, bool) or not isinstance(error_buf_idx, int) or error_buf_idx < 0:
+            raise TypeError(f"kernel '{self.name}': error_buf_idx must be a non-negative int, got {error_buf_idx!r}")
+        if error_buf_idx in bound:
+            raise ValueError(f"kernel '{self.name}': error_buf_idx {error_buf_idx} is also a positional argument")
+        errors = torch.zeros(ERROR_MESSAGES_BYTES, dtype=torch.uint8)
+        bound[error_buf_idx] = errors
+        self.dispatch(bound, threads_dims, group_dims, casts, runtime_owned={error_buf_idx})
+        _raise_reported_errors(self.name, errors)
 
     def _parse_casts(self, arg_casts, args: Sequence) -> dict[int, str]:
         """arg_casts as {index: cast}. A str casts every scalar and list argument (torch
@@ -300,13 +354,17 @@ class EmulatedKernel:
         threads: list[int],
         group_size: list[int] | None = None,
         casts: dict[int, str] | None = None,
+        runtime_owned: set[int] | None = None,
     ) -> None:
-        """Runs the kernel with `args` bound by buffer index; nothing changes if it fails."""
+        """Runs the kernel with `args` bound by buffer index; nothing changes if it fails.
+
+        `runtime_owned` names buffers the runtime binds for itself (the error-report buffer):
+        their bytes may legitimately differ between the two schedules."""
         casts = casts or {}
         grid, group = self._launch_shape(threads, group_size)
         self._check_attributes(len(threads))
         bindings = self._bind(args, casts)
-        self._launch(bindings, grid, group)
+        self._launch(bindings, grid, group, runtime_owned or set())
 
     def _launch_shape(self, threads: list[int], group_size: list[int] | None):
         if group_size is not None and len(group_size) != len(threads):
@@ -435,7 +493,7 @@ class EmulatedKernel:
             if available < p.elem_size * p.lanes:
                 raise ValueError(f"{where}: the tensor holds {available} bytes, fewer than one element")
 
-    def _launch(self, bindings: dict[int, object], grid: list[int], group: list[int]) -> None:
+    def _launch(self, bindings: dict[int, object], grid: list[int], group: list[int], runtime_owned: set[int]) -> None:
         spans: dict[int, tuple[int, int]] = {}  # storage address -> covered [lo, hi)
         for value in bindings.values():
             if isinstance(value, torch.Tensor):
@@ -444,12 +502,14 @@ class EmulatedKernel:
                 spans[key] = (min(lo, start), max(hi, start + _extent(value)))
         staged = {key: _Staged(lo, hi - lo) for key, (lo, hi) in spans.items()}
         owners: dict[int, tuple[_Staged, int, int, str]] = {}  # idx -> (staging, offset, length, what)
+        dtypes: dict[int, torch.dtype] = {}
         for idx, value in bindings.items():
             if isinstance(value, torch.Tensor):
                 s = staged[value.untyped_storage().data_ptr()]
                 off, n = value.data_ptr() - s.lo, _extent(value)
                 s.cover(off, n)
                 owners[idx] = (s, off, n, f"a {value.dtype} tensor of shape {tuple(value.shape)}")
+                dtypes[idx] = value.dtype
             else:
                 s = staged[-idx - 1] = _Staged(0, len(value), payload=value)
                 owners[idx] = (s, 0, len(value), f"a {len(value)}-byte scalar argument")
@@ -462,7 +522,11 @@ class EmulatedKernel:
         group_c = (ctypes.c_uint * 3)(*group)
         dll = self._lib._dll
 
+        strict = _STRICT if self._lib.strict else 0
+        atomic_ranges: list[tuple[int, int]] = []
+
         def run(flip: int) -> None:
+            flip |= strict
             err = ctypes.create_string_buffer(1024)
             status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, int(self._fibers) | flip, err, len(err))
             if status == _NEEDS_FIBERS:
@@ -473,6 +537,7 @@ class EmulatedKernel:
             if status != 0:
                 message = err.value.decode(errors="replace")
                 raise KernelError(f"kernel '{self.name}': {message}; no argument was changed")
+            atomic_ranges.extend(self._lib.atomic_ranges())
 
         run(0)
         first = {key: s.buf.clone() for key, s in staged.items()}
@@ -482,13 +547,19 @@ class EmulatedKernel:
         for idx, (s, off, n, what) in sorted(owners.items()):
             key = next(k for k, v in staged.items() if v is s)
             seg = slice(RED_ZONE + off, RED_ZONE + off + n)
-            if not torch.equal(first[key][seg], s.buf[seg]):
-                differ = (first[key][seg] != s.buf[seg]).nonzero()
-                raise KernelError(
-                    f"kernel '{self.name}': argument {idx} ({what}) ends differently when the threads and "
-                    f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
-                    f"threadgroup_barrier, or threads writing the same element; no argument was changed"
-                )
+            if idx in runtime_owned or torch.equal(first[key][seg], s.buf[seg]):
+                continue
+            differ = (first[key][seg] != s.buf[seg]).nonzero()
+            if _only_atomic_rounding(first[key][seg], s.buf[seg], s.addr + off, dtypes.get(idx), atomic_ranges):
+                continue
+            raise KernelError(
+                f"kernel '{self.name}': argument {idx} ({what}) ends differently when the threads and "
+                f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
+                f"threadgroup_barrier, or threads writing the same element; no argument was changed"
+            )
+        note = self._lib.undefined_note()
+        if note:
+            warnings.warn(f"kernel '{self.name}': {note}", UndefinedBehaviorWarning, stacklevel=4)
         for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
             r = s.first_stray_write()
             if r is not None:
@@ -512,8 +583,9 @@ class EmulatedKernel:
 class EmulatedLibrary:
     """A compiled shader library on the CPU emulator (torch's `_mps_ShaderLibrary`)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, strict: bool = False):
         self.source = source
+        self.strict = strict
         self.path = toolchain.build(source)
         dll = ctypes.CDLL(str(self.path))
         dll.mpsk_num_entries.restype = ctypes.c_int
@@ -526,6 +598,9 @@ class EmulatedLibrary:
         dll.mpsk_entry_params.argtypes = [ctypes.c_int, ctypes.c_void_p]
         dll.mpsk_attr_name.restype = ctypes.c_char_p
         dll.mpsk_attr_name.argtypes = [ctypes.c_int]
+        dll.mpsk_atomic_ranges.restype = ctypes.c_int
+        dll.mpsk_atomic_ranges.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        dll.mpsk_undefined_note.restype = ctypes.c_char_p
         dll.mpsk_launch.argtypes = [
             ctypes.c_int,
             ctypes.c_void_p,
@@ -551,6 +626,16 @@ class EmulatedLibrary:
 
     def __dir__(self) -> list[str]:
         return sorted(self._kernels)
+
+    def atomic_ranges(self) -> list[tuple[int, int]]:
+        """[lo, hi) addresses changed by atomic read-modify-writes in the last launch."""
+        out = (ctypes.c_ulong * (2 * _MAX_ATOMIC_RANGES))()
+        n = min(self._dll.mpsk_atomic_ranges(out, _MAX_ATOMIC_RANGES), _MAX_ATOMIC_RANGES)
+        return [(out[2 * i], out[2 * i + 1]) for i in range(n)]
+
+    def undefined_note(self) -> str:
+        """The first undefined (but not erroneous) act of the last launch, or ''."""
+        return self._dll.mpsk_undefined_note().decode(errors="replace")
 
     def attribute_names(self) -> list[str]:
         """The dispatch attributes the compiled runtime knows, in id order."""

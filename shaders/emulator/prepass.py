@@ -50,6 +50,25 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
+# Words that cannot name a type to the pre-pass's type-name scan.
+_KEYWORDS = frozenset(
+    [
+        "return", "if", "else", "for", "while", "do", "switch", "case", "default", "break", "continue", "goto",
+        "sizeof", "alignof", "decltype", "const", "volatile", "static", "inline", "constexpr", "auto", "void",
+        "typename", "class", "struct", "template", "using", "typedef", "namespace", "operator", "this", "true",
+        "false", "nullptr", "new", "delete",
+    ]
+)
+# Words that start a parameter declaration.
+_DECL_WORDS = frozenset(
+    [
+        "const", "volatile", "device", "constant", "threadgroup", "thread", "auto", "void", "struct", "typename",
+        "unsigned", "signed", "float", "half", "bfloat", "char", "uchar", "short", "ushort", "int", "uint", "long",
+        "ulong", "bool", "size_t", "int8_t", "uint8_t", "int16_t", "uint16_t", "int32_t", "uint32_t", "int64_t",
+        "uint64_t",
+    ]
+)
+
 _FLOAT_LITERAL = re.compile(
     r"^(?:(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|0[xX][0-9a-fA-F.]+[pP][+-]?\d+)"
     r"([fFhHlL]?)$"
@@ -235,11 +254,62 @@ class _Rewriter:
         self.scan_declarations()
         return self.assemble()
 
+    def collect_type_names(self) -> set[str]:
+        """Names that stand for a type the pre-pass cannot see: template type parameters and
+        `using` / `typedef` aliases. `V(x)` and `(V)x` with such a V may be vector conversions,
+        which clang would compile as bit casts, so they are routed through vmake / vcast."""
+        toks = self.toks
+        names: set[str] = set()
+        for i, t in enumerate(toks):
+            if t.kind != "ident":
+                continue
+            nxt = toks[i + 1] if i + 1 < len(toks) else None
+            if t.text in ("typename", "class") and nxt is not None and nxt.kind == "ident":
+                after = toks[i + 2].text if i + 2 < len(toks) else ""
+                if after in (",", ">", "=", ">>", "..."):
+                    names.add(nxt.text)
+            elif t.text == "using" and nxt is not None and nxt.kind == "ident" and i + 2 < len(toks) and toks[
+                i + 2
+            ].text == "=":
+                names.add(nxt.text)
+            elif t.text == "typedef":
+                j = i + 1
+                depth = 0
+                while j < len(toks) and not (toks[j].text == ";" and depth == 0):
+                    depth += toks[j].text in ("(", "[", "{", "<") 
+                    depth -= toks[j].text in (")", "]", "}", ">")
+                    j += 1
+                k = j - 1
+                while k > i and toks[k].text == "]":
+                    k = self.match_open(k, "[", "]") - 1
+                if k > i and toks[k].kind == "ident":
+                    names.add(toks[k].text)
+        return names - set(VECTOR_TYPES) - _KEYWORDS
+
+    def match_open(self, j: int, open_: str, close: str) -> int:
+        depth = 0
+        for k in range(j, -1, -1):
+            t = self.toks[k].text
+            if t == close:
+                depth += 1
+            elif t == open_:
+                depth -= 1
+                if depth == 0:
+                    return k
+        raise self.error(self.toks[j], f"unbalanced '{close}'")
+
     def scan_literals_and_constructors(self) -> None:
         toks = self.toks
+        self.type_names = self.collect_type_names()
         for i, t in enumerate(toks):
             if t.kind == "ident" and t.text == "double":
                 raise self.error(t, "'double' is not supported in Metal")
+            if t.kind == "string" and t.text.startswith('"'):
+                self.string_literal(i)
+                continue
+            if t.kind == "ident" and t.text in ("__func__", "__FUNCTION__", "__PRETTY_FUNCTION__"):
+                self.replace(t.start, t.end, f"::mpsk_rt::cstr({t.text})")
+                continue
             if t.kind == "number":
                 m = _FLOAT_LITERAL.match(t.text)
                 if m is None:
@@ -258,8 +328,24 @@ class _Rewriter:
             prev = toks[i - 1].text if i else ""
             if t.kind == "ident" and t.text in VECTOR_TYPES and nxt.text == "(" and prev not in (
                 "::", ".", "->"
+            ) or (
+                t.kind == "ident"
+                and t.text in self.type_names
+                and nxt.text == "("
+                and prev not in ("::", ".", "->", "operator", "~")
+                and not self.is_function_pointer_declarator(i + 1)
             ):
                 self.replace(t.start, t.end, f"::metal::vmake<{t.text}>")
+            elif (
+                t.kind == "ident"
+                and (t.text in VECTOR_TYPES or t.text in self.type_names)
+                and nxt.kind == "ident"
+                and i + 2 < len(toks)
+                and toks[i + 2].text == "("
+                and prev not in ("::", ".", "->", "<", ",")
+                and nxt.text not in _KEYWORDS
+            ):
+                self.direct_init(i)
             elif t.kind == "ident" and t.text == "vec" and nxt.text == "<" and prev != "::":
                 close = self.angle_close(i + 1)
                 if close + 1 < len(toks) and toks[close + 1].text == "(":
@@ -276,6 +362,81 @@ class _Rewriter:
                     self.replace(t.start, t.end, "::mpsk_rt::vector_pointer")
             elif t.text == "(":
                 self.checked_vector_cast(i)
+
+    def string_literal(self, i: int) -> None:
+        """A run of adjacent string literals -> `cstr("...")`, a `constant char*` as in Metal;
+        left alone where C++ needs the literal itself (static_assert, extern "C", an array's
+        initializer, asm)."""
+        toks = self.toks
+        if i and toks[i - 1].kind == "string":
+            return  # inside a run handled at its first literal
+        end = i
+        while end + 1 < len(toks) and toks[end + 1].kind == "string":
+            end += 1
+        prev = toks[i - 1].text if i else ""
+        if prev in ("extern", "asm", "__asm__", "_Pragma", "operator"):
+            return
+        if prev == "=" and i >= 2 and toks[i - 2].text == "]":
+            return
+        depth = 0
+        for k in range(i - 1, max(-1, i - 200), -1):
+            text = toks[k].text
+            if text == ")":
+                depth += 1
+            elif text == "(":
+                if depth == 0:
+                    if k and toks[k - 1].text in ("static_assert", "_Static_assert", "__attribute__", "asm"):
+                        return
+                    break
+                depth -= 1
+            elif text in (";", "{", "}"):
+                break
+        self.replace(toks[i].start, toks[i].start, "::mpsk_rt::cstr(")
+        self.replace(toks[end].end, toks[end].end, ")")
+
+    def is_function_pointer_declarator(self, k: int) -> bool:
+        """Whether tokens from k spell `(*name)(` or `(&name)[`: a declarator, not a call."""
+        texts = [t.text for t in self.toks[k : k + 5]]
+        return (
+            len(texts) == 5
+            and texts[1] in ("*", "&")
+            and self.toks[k + 2].kind == "ident"
+            and texts[3] == ")"
+            and texts[4] in ("(", "[")
+        )
+
+    def direct_init(self, i: int) -> None:
+        """`short2 v(a, b)` -> `short2 v = vmake<short2>(a, b)`, unless it declares a function."""
+        toks = self.toks
+        open_ = i + 2
+        close = self.match_close(open_, "(", ")")
+        if close == open_ + 1:
+            return  # `T f()` declares a function
+        first = toks[open_ + 1]
+        if first.text in _DECL_WORDS or first.text in VECTOR_TYPES or first.text in self.type_names:
+            return
+        depth = 0
+        for k in range(open_ + 1, close):
+            text = toks[k].text
+            if text in ("(", "[", "{"):
+                depth += 1
+            elif text in (")", "]", "}"):
+                depth -= 1
+            elif depth == 0 and toks[k].kind == "ident" and toks[k - 1].kind == "ident" and k - 1 > open_:
+                return  # `T f(S s)`: a parameter declaration
+            elif (
+                depth == 0
+                and text in ("*", "&")
+                and toks[k + 1].kind == "ident"
+                and toks[k + 2].text in (",", ")")
+                and toks[k - 1].kind == "ident"
+                and k - 1 == open_ + 1
+            ):
+                return  # `T f(S* s)`
+        if close + 1 < len(toks) and toks[close + 1].text not in (";", ","):
+            return
+        name = toks[i].text
+        self.replace(toks[open_].start, toks[open_].end, f" = ::metal::vmake<{name}>(")
 
     def is_vector_pointer(self, start: int, stop: int) -> bool:
         """Whether tokens start..stop-1 spell a pointer to a vector type (`const device float4*`)."""
@@ -305,13 +466,46 @@ class _Rewriter:
         close = i + 1
         while close < len(toks) and toks[close].text not in (")", ";", "{", "}"):
             close += 1
-        if close >= len(toks) or toks[close].text != ")" or not self.is_vector_pointer(i + 1, close):
+        if close >= len(toks) or toks[close].text != ")":
+            return
+        if not self.is_vector_pointer(i + 1, close):
+            self.converting_cast(i, close)
             return
         end = self.unary_end(close + 1)
         if end is None:
             return
         type_text = self.span(i + 1, close - 1)
         self.replace(toks[i].start, toks[close].end, f"::mpsk_rt::vector_pointer<{type_text}>(")
+        self.replace(toks[end].end, toks[end].end, ")")
+
+    def converting_cast(self, i: int, close: int) -> None:
+        """`(int4)f4` and `(V)x` -> `vcast<int4>(f4)`: Metal converts lane by lane where clang's
+        C-style cast between same-size vectors reinterprets the bits."""
+        toks = self.toks
+        inner = [t.text for t in toks[i + 1 : close]]
+        if not inner:
+            return
+        if len(inner) == 1:
+            if not (inner[0] in VECTOR_TYPES or inner[0] in self.type_names):
+                return
+        elif not (inner[0] == "vec" and inner[1] == "<" or inner[:3] == ["metal", "::", "vec"] or (
+            len(inner) == 3 and inner[0] == "metal" and inner[1] == "::" and inner[2] in VECTOR_TYPES
+        )):
+            return
+        prev = toks[i - 1] if i else None
+        if prev is not None and (
+            (prev.kind == "ident" and prev.text not in ("return", "case", "else", "do"))
+            or prev.text in (")", "]", ">", ">>")
+            or prev.kind == "number"
+        ):
+            return  # a call, sizeof(T), or a parameter list: not a cast
+        if close + 1 >= len(toks) or toks[close + 1].text in (")", ";", ",", "{", "]", "?", ":", "="):
+            return
+        end = self.unary_end(close + 1)
+        if end is None:
+            return
+        type_text = self.span(i + 1, close - 1)
+        self.replace(toks[i].start, toks[close].end, f"::metal::vcast<{type_text}>(")
         self.replace(toks[end].end, toks[end].end, ")")
 
     def unary_end(self, k: int) -> int | None:
@@ -748,6 +942,10 @@ def _entry_table(entries: list[Entry]) -> str:
         "{ __mpsk_entries[e].describe(out); }",
         "MPSK_EXPORT const char* mpsk_attr_name(int a) "
         "{ return a >= 0 && a < ::mpsk_rt::kNumAttrs ? ::mpsk_rt::kAttrNames[a] : nullptr; }",
+        "MPSK_EXPORT int mpsk_atomic_ranges(unsigned long* out, int max) { int n = ::mpsk_rt::num_atomic_ranges; "
+        "for (int i = 0; i < n && i < max; ++i) { out[2 * i] = ::mpsk_rt::atomic_ranges[i][0]; "
+        "out[2 * i + 1] = ::mpsk_rt::atomic_ranges[i][1]; } return n; }",
+        "MPSK_EXPORT const char* mpsk_undefined_note() { return ::mpsk_rt::undefined_note; }",
         "MPSK_EXPORT int mpsk_launch(int e, void** bufs, const unsigned* grid, const unsigned* group, "
         "int flags, char* err, int errlen) { return ::mpsk_rt::launch(__mpsk_entries[e].fn, bufs, "
         "grid, group, flags, err, errlen); }",

@@ -88,11 +88,26 @@ inline M& operand(Thread* t, int k) {
 }
 
 inline bool full(Thread* const* lanes, int n) {
-  if (n == mpsk_rt::kSimdWidth) return true;
-  mpsk_rt::fail("%s (line %u) in a partial SIMD-group of %d lanes in %s: simdgroup_matrix "
-                "operations need all %d lanes",
-                lanes[0]->site.what, lanes[0]->site.line, n, mpsk_rt::group_str(), mpsk_rt::kSimdWidth);
-  return false;
+  int first = 0;
+  while (!lanes[first]) ++first;
+  if (n != mpsk_rt::kSimdWidth) {
+    mpsk_rt::fail("%s (line %u) in a partial SIMD-group of %d lanes in %s: simdgroup_matrix "
+                  "operations need all %d lanes",
+                  lanes[first]->site.what, lanes[first]->site.line, n, mpsk_rt::group_str(), mpsk_rt::kSimdWidth);
+    return false;
+  }
+  int reached = 0, missing = -1;
+  for (int i = 0; i < n; ++i) {
+    reached += lanes[i] != nullptr;
+    if (!lanes[i] && missing < 0) missing = i;
+  }
+  if (missing >= 0) {
+    mpsk_rt::fail("%s (line %u) reached by %d of %d lanes of a SIMD-group in %s (lane %d did not): "
+                  "simdgroup_matrix operations need every lane",
+                  lanes[first]->site.what, lanes[first]->site.line, reached, n, mpsk_rt::group_str(), missing);
+    return false;
+  }
+  return true;
 }
 
 inline bool uniform_layout(Thread* const* lanes, int n) {

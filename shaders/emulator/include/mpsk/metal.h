@@ -2,9 +2,12 @@
 #pragma once
 
 #include "types.h"
+#include "traits.h"
 #include "math.h"
 #include "runtime.h"
+#include "array.h"
 #include "simd.h"
+#include "atomic.h"
 #include "matrix.h"
 
 // Metal has no double; the pre-pass reports it, this catches what it cannot see.

@@ -106,6 +106,7 @@ struct Launch {
   unsigned grid[3], group[3], ngroups[3];
   unsigned gid[3];
   bool fibers;
+  bool strict;  // every lane must reach each SIMD-group function and barrier
   bool failed;
   bool needs_fibers;
   char* err;
@@ -228,6 +229,63 @@ inline bool check_tg_red_zones() {
   return true;
 }
 
+// ---- string literals ------------------------------------------------------------
+
+// Metal's string literals live in the constant address space; the pre-pass wraps each
+// one (and __func__) in this, so `constant char*` parameters take them and thread ones do not.
+template <unsigned long N>
+inline constexpr __attribute__((address_space(2))) const char* cstr(const char (&s)[N]) {
+  return (__attribute__((address_space(2))) const char*)(unsigned long)s;
+}
+inline __attribute__((address_space(2))) const char* cstr(const char* s) {
+  return (__attribute__((address_space(2))) const char*)(unsigned long)s;
+}
+
+// ---- atomics ------------------------------------------------------------------
+
+// Device bytes changed by atomic read-modify-writes in the current launch, as
+// merged [lo, hi) address ranges (the last one grows when the table is full). The
+// host compares these bytes across the two schedules with a tolerance, since the
+// order of atomic float additions changes their rounding.
+constexpr int kMaxAtomicRanges = 64;
+inline thread_local unsigned long atomic_ranges[kMaxAtomicRanges][2];
+inline thread_local int num_atomic_ranges = 0;
+
+inline void note_atomic(const void* p, unsigned long size) {
+  const unsigned long lo = (unsigned long)p, hi = lo + size;
+  for (int i = 0; i < num_atomic_ranges; ++i) {
+    unsigned long* r = atomic_ranges[i];
+    if (lo <= r[1] && hi >= r[0]) {
+      r[0] = lo < r[0] ? lo : r[0];
+      r[1] = hi > r[1] ? hi : r[1];
+      return;
+    }
+  }
+  if (num_atomic_ranges == kMaxAtomicRanges) {
+    unsigned long* r = atomic_ranges[kMaxAtomicRanges - 1];
+    r[0] = lo < r[0] ? lo : r[0];
+    r[1] = hi > r[1] ? hi : r[1];
+    return;
+  }
+  atomic_ranges[num_atomic_ranges][0] = lo;
+  atomic_ranges[num_atomic_ranges][1] = hi;
+  ++num_atomic_ranges;
+}
+
+// ---- undefined behaviour that is not an error --------------------------------
+
+// The first read of an inactive lane in the current launch (undefined in Metal;
+// the value is poisoned here). The host turns it into a warning naming the call.
+inline thread_local char undefined_note[256];
+
+inline void note_undefined(const char* what, unsigned line, int lane, int src) {
+  if (undefined_note[0]) return;
+  snprintf(undefined_note, sizeof undefined_note,
+           "%s (line %u): lane %d read lane %d, which is inactive; Metal leaves the value undefined "
+           "(poisoned here)",
+           what, line, lane, src);
+}
+
 // ---- synchronization -------------------------------------------------------
 
 // Called by every barrier and SIMD-group function.
@@ -256,8 +314,11 @@ inline const char* describe_wait(const Thread& t) {
   return s;
 }
 
-inline bool resolve(Thread* threads) {
-  bool released = false;
+// SIMD-group functions act on the lanes that call them (Metal's active lanes):
+// lanes that returned, wait at a barrier or at another call are inactive for
+// this one, and reading them is undefined (poisoned, or an error). In strict
+// mode (this project's own kernels) every lane must reach the same call.
+inline bool resolve_simd(Thread* threads, bool& released) {
   const int nsimd = (L->n + kSimdWidth - 1) / kSimdWidth;
   for (int s = 0; s < nsimd; ++s) {
     Thread* lanes[kSimdWidth];
@@ -272,30 +333,47 @@ inline bool resolve(Thread* threads) {
       }
     }
     if (at_simd < 0) continue;
-    if (other >= 0) {
-      int reached = 0;
-      for (int i = 0; i < m; ++i) reached += lanes[i]->st == St::Blocked && lanes[i]->sync == Sync::Simd;
-      fail("%s (line %u) reached by %d of %d lanes of SIMD-group %d in %s: lane %d %s",
-           lanes[at_simd]->site.what, lanes[at_simd]->site.line, reached, m, s, group_str(), other,
-           describe_wait(*lanes[other]));
-      return false;
-    }
-    for (int i = 1; i < m; ++i)
-      if (!same_site(lanes[i]->site, lanes[0]->site)) {
-        fail("lanes of SIMD-group %d in %s diverged: lane 0 waits at %s (line %u), lane %d at %s (line %u)",
-             s, group_str(), lanes[0]->site.what, lanes[0]->site.line, i, lanes[i]->site.what,
-             lanes[i]->site.line);
+    const Site site = lanes[at_simd]->site;
+    if (L->strict) {
+      if (other >= 0) {
+        int reached = 0;
+        for (int i = 0; i < m; ++i) reached += lanes[i]->st == St::Blocked && lanes[i]->sync == Sync::Simd;
+        fail("%s (line %u) reached by %d of %d lanes of SIMD-group %d in %s: lane %d %s (strict mode: "
+             "every lane must reach a SIMD-group function)",
+             site.what, site.line, reached, m, s, group_str(), other, describe_wait(*lanes[other]));
         return false;
       }
-    if (lanes[0]->combine) {
-      lanes[0]->combine(lanes, m);
+      for (int i = 0; i < m; ++i)
+        if (!same_site(lanes[i]->site, site)) {
+          fail("lanes of SIMD-group %d in %s diverged: lane %d waits at %s (line %u), lane %d at %s (line %u) "
+               "(strict mode)",
+               s, group_str(), at_simd, site.what, site.line, i, lanes[i]->site.what, lanes[i]->site.line);
+          return false;
+        }
+    }
+    Thread* active[kSimdWidth];
+    for (int i = 0; i < m; ++i) {
+      const bool here = lanes[i]->st == St::Blocked && lanes[i]->sync == Sync::Simd &&
+                        same_site(lanes[i]->site, site);
+      active[i] = here ? lanes[i] : nullptr;
+    }
+    if (lanes[at_simd]->combine) {
+      lanes[at_simd]->combine(active, m);
       if (L->failed) return false;
     }
-    for (int i = 0; i < m; ++i) lanes[i]->st = St::Ready;
+    for (int i = 0; i < m; ++i)
+      if (active[i]) active[i]->st = St::Ready;
     released = true;
   }
-  if (released) return true;
+  return true;
+}
 
+// A threadgroup barrier releases once every thread still running waits at it.
+// Threads that returned before it: an error in strict mode; otherwise allowed
+// when each SIMD-group still has a lane at the barrier, as Apple GPUs count
+// barrier arrival per SIMD-group (MLX's gemv relies on this). A SIMD-group
+// that returned whole, or threads at different barriers, are errors always.
+inline bool resolve_barrier(Thread* threads) {
   int first = -1, done = 0;
   for (int i = 0; i < L->n; ++i) {
     if (threads[i].st == St::Done) {
@@ -305,21 +383,42 @@ inline bool resolve(Thread* threads) {
     }
   }
   const Thread& f = threads[first];
-  if (done) {
-    int d = 0;
-    while (threads[d].st != St::Done) ++d;
-    fail("%s (line %u) reached by %d of %d threads of %s: thread %d returned without reaching it",
-         f.site.what, f.site.line, L->n - done, L->n, group_str(), d);
-    return false;
-  }
   for (int i = 0; i < L->n; ++i)
-    if (!same_site(threads[i].site, f.site)) {
+    if (threads[i].st != St::Done && !same_site(threads[i].site, f.site)) {
       fail("threads of %s diverged: thread %d waits at %s (line %u), thread %d at %s (line %u)",
            group_str(), first, f.site.what, f.site.line, i, threads[i].site.what, threads[i].site.line);
       return false;
     }
-  for (int i = 0; i < L->n; ++i) threads[i].st = St::Ready;
+  if (done) {
+    int d = 0;
+    while (threads[d].st != St::Done) ++d;
+    if (L->strict) {
+      fail("%s (line %u) reached by %d of %d threads of %s: thread %d returned without reaching it",
+           f.site.what, f.site.line, L->n - done, L->n, group_str(), d);
+      return false;
+    }
+    const int nsimd = (L->n + kSimdWidth - 1) / kSimdWidth;
+    for (int s = 0; s < nsimd; ++s) {
+      bool waiting = false;
+      for (int i = s * kSimdWidth; i < s * kSimdWidth + lane_count(s); ++i) waiting |= threads[i].st != St::Done;
+      if (!waiting) {
+        fail("%s (line %u): every thread of SIMD-group %d of %s returned without reaching it, while others "
+             "wait there",
+             f.site.what, f.site.line, s, group_str());
+        return false;
+      }
+    }
+  }
+  for (int i = 0; i < L->n; ++i)
+    if (threads[i].st != St::Done) threads[i].st = St::Ready;
   return true;
+}
+
+inline bool resolve(Thread* threads) {
+  bool released = false;
+  if (!resolve_simd(threads, released)) return false;
+  if (released) return true;
+  return resolve_barrier(threads);
 }
 
 // ---- misaligned access ------------------------------------------------------------
@@ -517,7 +616,7 @@ struct FaultGuard {
   }
 };
 
-enum Flags { kFibers = 1, kFlipSchedule = 2 };
+enum Flags { kFibers = 1, kFlipSchedule = 2, kStrict = 4 };
 
 // Runs one dispatch. The host runs each launch twice, the second time with
 // kFlipSchedule: threadgroups in the opposite order and every phase of every
@@ -529,6 +628,7 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   launch.entry = entry;
   launch.bufs = bufs;
   launch.fibers = (flags & kFibers) != 0;
+  launch.strict = (flags & kStrict) != 0;
   const bool flip = (flags & kFlipSchedule) != 0;
   launch.err = err;
   launch.errlen = errlen;
@@ -539,6 +639,8 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   }
   Launch* outer = L;
   L = &launch;
+  num_atomic_ranges = 0;
+  undefined_note[0] = 0;
   int status = kOk;
   const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
   sigjmp_buf env;

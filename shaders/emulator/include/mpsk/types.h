@@ -146,12 +146,16 @@ constexpr int lanes_of() {
 // Arguments are taken by value: a swizzle of a device or constant vector
 // (`p[i].xy`) has an address-space-qualified element type that no reference
 // parameter accepts.
+// The pre-pass also routes `V(...)` here when V is a template parameter or an
+// alias it cannot resolve; for anything but a scalar or vector that is V(...) itself.
 template <class V, class... A>
 constexpr V vmake(A... a) {
   using E = typename vinfo<V>::elem;
   constexpr int N = vinfo<V>::lanes;
   constexpr int total = (0 + ... + detail::lanes_of<A>());
-  if constexpr (sizeof...(A) == 0) {
+  if constexpr (!is_vector_v<V> && !__is_arithmetic(V)) {
+    return V(a...);
+  } else if constexpr (sizeof...(A) == 0) {
     return V(E(0));
   } else if constexpr (sizeof...(A) == 1 && total == 1) {
     return V(detail::lane<E>(detail::only(a...)));
@@ -172,9 +176,12 @@ constexpr V vmake(A... a) {
 }
 
 // static_cast<float4>(h4) in Metal converts element-wise; the pre-pass rewrites it to this.
+// Also C-style casts to a vector type or an unresolved type name: `(int4)f4` converts.
 template <class V, class A>
 constexpr V vcast(A a) {
-  if constexpr (is_vector_v<V> && detail::lanes_of<A>() > 1 &&
+  if constexpr (!is_vector_v<V> && !__is_arithmetic(V)) {
+    return (V)a;
+  } else if constexpr (is_vector_v<V> && detail::lanes_of<A>() > 1 &&
                 !__is_same(typename vinfo<V>::elem, signed char)) {
     static_assert(vinfo<V>::lanes == detail::lanes_of<A>(), "static_cast between vectors of different sizes");
     return __builtin_convertvector(a, V);

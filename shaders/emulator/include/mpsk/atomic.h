@@ -1,0 +1,125 @@
+// <metal_atomic>: atomic<T> in device and threadgroup memory, and the
+// atomic_*_explicit functions on it.
+//
+// Threads of a launch take turns on one CPU thread and switch only at barriers
+// and SIMD-group functions, so every operation here is indivisible, as Metal's
+// are. Each read-modify-write
+// records the bytes it touched: the order of atomic float additions changes
+// their rounding, and the host's two-schedule check compares those bytes with
+// a tolerance instead of exactly (see library.py).
+#pragma once
+
+namespace metal {
+
+enum memory_order : int {
+  memory_order_relaxed = 0,
+  memory_order_acquire = 2,
+  memory_order_release = 3,
+  memory_order_acq_rel = 4,
+  memory_order_seq_cst = 5,
+};
+
+enum class thread_scope : int { thread_scope_thread, thread_scope_simdgroup, thread_scope_threadgroup, thread_scope_device };
+
+template <class T>
+struct atomic {
+  static_assert(__is_same(T, int) || __is_same(T, uint) || __is_same(T, bool) || __is_same(T, float) ||
+                    __is_same(T, ulong) || __is_same(T, long),
+                "Metal has atomic<T> for int, uint, bool, float and (64-bit min/max) ulong only");
+  T value_;
+};
+using atomic_int = atomic<int>;
+using atomic_uint = atomic<uint>;
+using atomic_bool = atomic<bool>;
+using atomic_float = atomic<float>;
+
+namespace atomic_detail {
+
+template <class P>
+using object = __remove_cv(typename strip_as<__remove_cv(P)>::type);
+template <class A>
+struct value_of;
+template <class T>
+struct value_of<atomic<T>> {
+  using type = T;
+};
+template <class P>
+using value_t = typename value_of<object<P>>::type;
+
+template <class P>
+inline value_t<P>* slot(P* obj) {
+  static_assert(mpsk_rt::as_of<__remove_cv(P)>::value == 1 || mpsk_rt::as_of<__remove_cv(P)>::value == 3,
+                "Metal atomics live in device or threadgroup memory");
+  return &((object<P>*)(unsigned long)obj)->value_;
+}
+
+template <class T>
+inline void touched(T* p) {
+  mpsk_rt::note_atomic(p, sizeof(T));
+}
+
+}  // namespace atomic_detail
+
+template <class P, class U>
+inline void atomic_store_explicit(P* obj, U desired, memory_order) {
+  *atomic_detail::slot(obj) = (atomic_detail::value_t<P>)desired;
+}
+
+template <class P>
+inline atomic_detail::value_t<P> atomic_load_explicit(P* obj, memory_order) {
+  return *atomic_detail::slot(obj);
+}
+
+template <class P, class U>
+inline atomic_detail::value_t<P> atomic_exchange_explicit(P* obj, U desired, memory_order) {
+  auto* s = atomic_detail::slot(obj);
+  atomic_detail::touched(s);
+  const auto old = *s;
+  *s = (atomic_detail::value_t<P>)desired;
+  return old;
+}
+
+// Never fails spuriously here; Metal's weak form may, so callers loop either way.
+template <class P, class E, class U>
+inline bool atomic_compare_exchange_weak_explicit(P* obj, E* expected, U desired, memory_order, memory_order) {
+  using T = atomic_detail::value_t<P>;
+  auto* s = atomic_detail::slot(obj);
+  atomic_detail::touched(s);
+  T* want = (T*)(unsigned long)expected;
+  if (__builtin_memcmp(s, want, sizeof(T)) == 0) {
+    *s = (T)desired;
+    return true;
+  }
+  *want = *s;
+  return false;
+}
+
+template <class P, class E, class U>
+inline bool atomic_compare_exchange_strong_explicit(P* obj, E* expected, U desired, memory_order a,
+                                                    memory_order b) {
+  return atomic_compare_exchange_weak_explicit(obj, expected, desired, a, b);
+}
+
+#define MPSK_ATOMIC_RMW(name, op)                                                              \
+  template <class P, class U>                                                                  \
+  inline atomic_detail::value_t<P> atomic_fetch_##name##_explicit(P* obj, U arg, memory_order) { \
+    using T = atomic_detail::value_t<P>;                                                       \
+    auto* s = atomic_detail::slot(obj);                                                        \
+    atomic_detail::touched(s);                                                                 \
+    const T old = *s;                                                                          \
+    const T v = (T)arg;                                                                        \
+    *s = op;                                                                                   \
+    return old;                                                                                \
+  }
+MPSK_ATOMIC_RMW(add, (T)(old + v))
+MPSK_ATOMIC_RMW(sub, (T)(old - v))
+MPSK_ATOMIC_RMW(and, (T)(old & v))
+MPSK_ATOMIC_RMW(or, (T)(old | v))
+MPSK_ATOMIC_RMW(xor, (T)(old ^ v))
+MPSK_ATOMIC_RMW(min, (v < old ? v : old))
+MPSK_ATOMIC_RMW(max, (v > old ? v : old))
+#undef MPSK_ATOMIC_RMW
+
+inline void atomic_thread_fence(mem_flags, memory_order, thread_scope = thread_scope::thread_scope_device) {}
+
+}  // namespace metal
