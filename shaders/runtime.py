@@ -73,10 +73,19 @@ class ShaderLibrary:
         self.strict = strict
         self._lib = _compile(source, self.backend, strict)
 
-    def get_kernel_function(self, name: str) -> KernelFunction:
+    def get_kernel_function(self, name: str, constants: dict | None = None) -> KernelFunction:
+        """The shim's get_kernel_function. `constants` sets Metal function constants by name or
+        [[function_constant(n)]] index; torch.mps.compile_shader cannot, so only the emulator takes it."""
         if not isinstance(name, str):
             raise TypeError(f"kernel name must be a str, got {type(name).__name__}")
-        return KernelFunction(name, getattr(self._lib, name))
+        if constants is None:
+            return KernelFunction(name, getattr(self._lib, name), self.backend)
+        if self.backend == "mps":
+            raise NotImplementedError(
+                "torch.mps.compile_shader cannot set Metal function constants (it makes pipelines without "
+                "MTLFunctionConstantValues); specialize the source with #define instead"
+            )
+        return KernelFunction(name, getattr(self._lib.specialized(constants), name), self.backend)
 
     def __getattr__(self, name: str):
         """`lib.<kernel>(*args, threads=..., group_size=..., arg_casts=...)`, as torch.mps.compile_shader."""
@@ -106,9 +115,10 @@ def _dims(value, what: str) -> list[int]:
 class KernelFunction:
     """One kernel, driven the way AOTInductor's generated C++ drives the MPS shim."""
 
-    def __init__(self, name: str, fn):
+    def __init__(self, name: str, fn, backend: str = "cpu"):
         self.name = name
         self._fn = fn
+        self._backend = backend
         self._args: dict[int, object] | None = None
         self._in_block = False
 
@@ -160,7 +170,17 @@ class KernelFunction:
             raise ValueError(f"kernel '{self.name}': set_arg_int({idx}) value {value} does not fit in int64")
         self._set(idx, value)
 
-    def dispatch(self, length: int | Sequence[int], group_size: int | Sequence[int] | None = None) -> None:
+    def dispatch(
+        self,
+        length: int | Sequence[int],
+        group_size: int | Sequence[int] | None = None,
+        threadgroup_memory: dict[int, int] | None = None,
+    ) -> None:
+        """Dispatches with the arguments set since start_encoding, through the convenience call.
+
+        Two things only the emulator takes (torch's call binds arguments by position and has no
+        threadgroup-memory sizes): arguments with holes in their indices, and `threadgroup_memory`
+        ({k: nbytes} for [[threadgroup(k)]] parameters)."""
         if self._args is None:
             raise RuntimeError(f"kernel '{self.name}': dispatch before start_encoding")
         threads = _dims(length, "length")
@@ -170,8 +190,15 @@ class KernelFunction:
                 f"kernel '{self.name}': length has {len(threads)} dimensions but group_size has {len(group)}"
             )
         missing = [i for i in range(max(self._args, default=-1) + 1) if i not in self._args]
-        if missing:
-            raise ValueError(f"kernel '{self.name}': arguments {missing} were not set before dispatch")
+        if missing or threadgroup_memory is not None:
+            if self._backend == "mps":
+                what = f"arguments {missing} were not set" if missing else "threadgroup_memory was given"
+                raise NotImplementedError(
+                    f"kernel '{self.name}': {what}; torch.mps.compile_shader binds arguments by position and "
+                    f"cannot size threadgroup memory, so only the emulator takes this"
+                )
+            self._fn.dispatch(dict(self._args), threads, group, threadgroup_memory=threadgroup_memory)
+            return
         args = [self._args[i] for i in range(len(self._args))]
         self._fn(*args, threads=threads, group_size=group)
 

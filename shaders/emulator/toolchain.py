@@ -88,7 +88,8 @@ def _toolchain_fingerprint() -> str:
         if path.is_file():
             h.update(path.relative_to(INCLUDE_DIR).as_posix().encode())
             h.update(path.read_bytes())
-    h.update(Path(prepass.__file__).read_bytes())
+    for path in sorted(Path(prepass.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
     h.update(Path(__file__).read_bytes())
     version = subprocess.run(
         [zig_executable(), "version"], capture_output=True, text=True, check=False
@@ -119,8 +120,12 @@ def _compile_error(stderr: str, build_dir: str) -> SyntaxError:
     return err
 
 
-def library_path(source: str) -> Path:
-    key = hashlib.sha256((_toolchain_fingerprint() + "\0" + source).encode()).hexdigest()[:32]
+def library_path(source: str, constants: dict[str, bool | int | float] | None = None) -> Path:
+    """Where the library built from `source` with `constants` is cached."""
+    text = _toolchain_fingerprint() + "\0" + source
+    if constants:
+        text += "\0" + repr(sorted((k, type(v).__name__, v) for k, v in constants.items()))
+    key = hashlib.sha256(text.encode()).hexdigest()[:32]
     return cache_dir() / f"{key}.so"
 
 
@@ -132,8 +137,9 @@ def _clang(args: list[str], tmp: str) -> str:
     return proc.stdout
 
 
-def build(source: str) -> Path:
-    """Returns the path of the built library for `source`, compiling it if not cached.
+def build(source: str, constants: dict[str, bool | int | float] | None = None) -> Path:
+    """Returns the path of the built library for `source` (function constants set by name as
+    `constants` says), compiling it if not cached.
 
     Raises SyntaxError with the compiler's message when the source does not compile,
     as torch.mps.compile_shader does.
@@ -142,7 +148,7 @@ def build(source: str) -> Path:
         raise TypeError(f"shader source must be a str, got {type(source).__name__}")
     if not source.strip():
         raise ValueError("shader source is empty")
-    out = library_path(source)
+    out = library_path(source, constants)
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,7 @@ def build(source: str) -> Path:
         src = Path(tmp) / "shader.metal"
         src.write_text(source)
         preprocessed = _clang([*PREPROCESS_FLAGS, "-I", str(INCLUDE_DIR / "stub"), str(src)], tmp)
-        prepared = prepass.prepare(preprocessed, filename="shader.metal")
+        prepared = prepass.prepare(preprocessed, filename="shader.metal", constants=constants)
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"

@@ -48,15 +48,18 @@ using value_t = typename value_of<object<P>>::type;
 
 template <class P>
 inline value_t<P>* slot(P* obj) {
-  static_assert(mpsk_rt::as_of<__remove_cv(P)>::value == 1 || mpsk_rt::as_of<__remove_cv(P)>::value == 3,
-                "Metal atomics live in device or threadgroup memory");
+  // Generic (0) too: an atomic member of a class in device memory arrives without its
+  // address space, which the pre-pass drops for class types (prepass/address_spaces.py).
+  static_assert(mpsk_rt::as_of<__remove_cv(P)>::value != 2, "Metal atomics cannot live in constant memory");
   return &((object<P>*)(unsigned long)obj)->value_;
 }
 
 template <class T>
-inline void touched(T* p) {
-  mpsk_rt::note_atomic(p, sizeof(T));
+inline void touched(T* p, double magnitude = 0.0) {
+  mpsk_rt::note_atomic(p, sizeof(T), magnitude);
 }
+
+inline double mag(float x) { return x < 0 ? -(double)x : (double)x; }
 
 }  // namespace atomic_detail
 
@@ -105,10 +108,16 @@ inline bool atomic_compare_exchange_strong_explicit(P* obj, E* expected, U desir
   inline atomic_detail::value_t<P> atomic_fetch_##name##_explicit(P* obj, U arg, memory_order) { \
     using T = atomic_detail::value_t<P>;                                                       \
     auto* s = atomic_detail::slot(obj);                                                        \
-    atomic_detail::touched(s);                                                                 \
     const T old = *s;                                                                          \
     const T v = (T)arg;                                                                        \
     *s = op;                                                                                   \
+    if constexpr (__is_same(T, float)) {                                                       \
+      const double m = atomic_detail::mag(old) > atomic_detail::mag(*s) ? atomic_detail::mag(old) \
+                                                                        : atomic_detail::mag(*s); \
+      atomic_detail::touched(s, m > atomic_detail::mag(v) ? m : atomic_detail::mag(v));        \
+    } else {                                                                                   \
+      atomic_detail::touched(s);                                                               \
+    }                                                                                          \
     return old;                                                                                \
   }
 MPSK_ATOMIC_RMW(add, (T)(old + v))

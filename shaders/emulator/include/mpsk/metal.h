@@ -9,6 +9,9 @@
 #include "simd.h"
 #include "atomic.h"
 #include "matrix.h"
+#include "matrix_types.h"
+#include "packed.h"
+#include "exports.h"
 
 // Metal has no double; the pre-pass reports it, this catches what it cannot see.
 #define double __metal_has_no_double

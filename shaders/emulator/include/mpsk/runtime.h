@@ -46,6 +46,10 @@ enum A : int {
   simdgroups_per_threadgroup,
   dispatch_simdgroups_per_threadgroup,
   thread_execution_width,
+  thread_index_in_quadgroup,
+  quadgroup_index_in_threadgroup,
+  quadgroups_per_threadgroup,
+  dispatch_quadgroups_per_threadgroup,
   kNumAttrs
 };
 
@@ -57,10 +61,12 @@ inline const char* const kAttrNames[kNumAttrs] = {
     "thread_index_in_simdgroup",      "simdgroup_index_in_threadgroup",
     "threads_per_simdgroup",          "simdgroups_per_threadgroup",
     "dispatch_simdgroups_per_threadgroup", "thread_execution_width",
+    "thread_index_in_quadgroup",      "quadgroup_index_in_threadgroup",
+    "quadgroups_per_threadgroup",     "dispatch_quadgroups_per_threadgroup",
 };
 // Attributes with x, y and z components; the others are scalars.
-inline constexpr bool kAttrIs3d[kNumAttrs] = {true, true, true, true, true, true, true,
-                                              false, false, false, false, false, false, false};
+inline constexpr bool kAttrIs3d[kNumAttrs] = {true,  true,  true,  true,  true,  true,  true,  false, false,
+                                              false, false, false, false, false, false, false, false, false};
 
 enum class St : unsigned char { Ready, Blocked, Done };
 enum class Sync : unsigned char { None, Barrier, Simd };
@@ -117,6 +123,7 @@ struct Launch {
   TgVar tg[kMaxThreadgroupVars];
   int ntg;
   unsigned long tg_used;
+  const unsigned long* tg_params;  // bytes of each [[threadgroup(k)]] parameter, set by the host
 };
 
 inline thread_local Launch* L = nullptr;
@@ -229,6 +236,36 @@ inline bool check_tg_red_zones() {
   return true;
 }
 
+// ---- plain-data objects in an address space --------------------------------------
+
+// Clang cannot copy a class object in device, constant or threadgroup memory; the pre-pass
+// routes whole-object copies of plain-data classes through these, as Metal copies them.
+template <class A>
+inline typename metal::remove_cvas<A>::type load(const A& a) {
+  typename metal::remove_cvas<A>::type r;
+  __builtin_memcpy(&r, (const void*)(unsigned long)&a, sizeof r);
+  return r;
+}
+template <class A, class B>
+inline void store(A& dst, const B& src) {
+  static_assert(sizeof(typename metal::remove_cvas<A>::type) == sizeof(typename metal::remove_cvas<B>::type),
+                "store of one class into another");
+  __builtin_memcpy((void*)(unsigned long)&dst, (const void*)(unsigned long)&src, sizeof src);
+}
+
+// ---- function constants the host did not set -------------------------------------
+
+template <class T>
+struct UnsetConstant {
+  const char* name;
+  int index;
+  operator T() const {
+    trap("function constant '%s' ([[function_constant(%d)]]) was never set; pass constants={'%s': ...} "
+         "to get_kernel_function (Metal makes no pipeline without it)",
+         name, index, name);
+  }
+};
+
 // ---- string literals ------------------------------------------------------------
 
 // Metal's string literals live in the constant address space; the pre-pass wraps each
@@ -249,27 +286,30 @@ inline __attribute__((address_space(2))) const char* cstr(const char* s) {
 // order of atomic float additions changes their rounding.
 constexpr int kMaxAtomicRanges = 64;
 inline thread_local unsigned long atomic_ranges[kMaxAtomicRanges][2];
+// Per range: (number of float read-modify-writes) x (largest magnitude among their operands and
+// results), which bounds how far another order of the same additions can round the result.
+inline thread_local double atomic_scale[kMaxAtomicRanges];
 inline thread_local int num_atomic_ranges = 0;
 
-inline void note_atomic(const void* p, unsigned long size) {
+inline void note_atomic(const void* p, unsigned long size, double magnitude = 0.0) {
   const unsigned long lo = (unsigned long)p, hi = lo + size;
-  for (int i = 0; i < num_atomic_ranges; ++i) {
-    unsigned long* r = atomic_ranges[i];
-    if (lo <= r[1] && hi >= r[0]) {
-      r[0] = lo < r[0] ? lo : r[0];
-      r[1] = hi > r[1] ? hi : r[1];
-      return;
+  int r = 0;
+  while (r < num_atomic_ranges && !(lo <= atomic_ranges[r][1] && hi >= atomic_ranges[r][0])) ++r;
+  if (r == num_atomic_ranges) {
+    if (num_atomic_ranges == kMaxAtomicRanges) {
+      r = kMaxAtomicRanges - 1;  // full: the last range grows to cover this one too
+    } else {
+      atomic_ranges[r][0] = lo;
+      atomic_ranges[r][1] = hi;
+      atomic_scale[r] = 0.0;
+      ++num_atomic_ranges;
     }
   }
-  if (num_atomic_ranges == kMaxAtomicRanges) {
-    unsigned long* r = atomic_ranges[kMaxAtomicRanges - 1];
-    r[0] = lo < r[0] ? lo : r[0];
-    r[1] = hi > r[1] ? hi : r[1];
-    return;
-  }
-  atomic_ranges[num_atomic_ranges][0] = lo;
-  atomic_ranges[num_atomic_ranges][1] = hi;
-  ++num_atomic_ranges;
+  atomic_ranges[r][0] = lo < atomic_ranges[r][0] ? lo : atomic_ranges[r][0];
+  atomic_ranges[r][1] = hi > atomic_ranges[r][1] ? hi : atomic_ranges[r][1];
+  // Each addition's rounding error is at most half an ulp of its result; summing the largest
+  // magnitude over the operations bounds the spread between orders.
+  atomic_scale[r] += magnitude;
 }
 
 // ---- undefined behaviour that is not an error --------------------------------
@@ -522,6 +562,10 @@ inline void init_thread(Thread& t, int i, const unsigned* actual) {
   set3(t.a[simdgroups_per_threadgroup], (n + kSimdWidth - 1) / kSimdWidth, 0, 0);
   set3(t.a[dispatch_simdgroups_per_threadgroup], (nominal + kSimdWidth - 1) / kSimdWidth, 0, 0);
   set3(t.a[thread_execution_width], kSimdWidth, 0, 0);
+  set3(t.a[thread_index_in_quadgroup], i % 4, 0, 0);
+  set3(t.a[quadgroup_index_in_threadgroup], i / 4, 0, 0);
+  set3(t.a[quadgroups_per_threadgroup], (n + 3) / 4, 0, 0);
+  set3(t.a[dispatch_quadgroups_per_threadgroup], (nominal + 3) / 4, 0, 0);
   t.st = St::Ready;
   t.sync = Sync::None;
 }
@@ -623,10 +667,11 @@ enum Flags { kFibers = 1, kFlipSchedule = 2, kStrict = 4 };
 // group with its threads in the opposite order. A kernel whose results differ
 // between the two depends on scheduling: a missing barrier or a write race.
 inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, const unsigned* group,
-                  int flags, char* err, int errlen) {
+                  const unsigned long* tg_params, int flags, char* err, int errlen) {
   Launch launch{};
   launch.entry = entry;
   launch.bufs = bufs;
+  launch.tg_params = tg_params;
   launch.fibers = (flags & kFibers) != 0;
   launch.strict = (flags & kStrict) != 0;
   const bool flip = (flags & kFlipSchedule) != 0;
@@ -703,7 +748,8 @@ template <> constexpr int type_code<uint>() { return kUInt; }
 template <> constexpr int type_code<long>() { return kLong; }
 template <> constexpr int type_code<ulong>() { return kULong; }
 
-enum ParamKind : int { kBuffer = 0, kAttribute = 1 };
+enum ParamKind : int { kBuffer = 0, kAttribute = 1, kThreadgroupParam = 2 };
+constexpr int kMaxThreadgroupParams = 8;
 
 // How the host binds one kernel parameter.
 struct ParamInfo {
@@ -715,11 +761,13 @@ struct ParamInfo {
   int elem_size;  // bytes of one element (one lane for vectors)
   int addr_space; // 1 device, 2 constant, 3 threadgroup, 0 thread
   int is_const;
+  int optional;   // a buffer the host may leave unbound ([[function_constant]] off)
 };
 
 struct Spec {
   int kind;
   int index;
+  int optional;
 };
 
 template <class P>
@@ -737,7 +785,8 @@ constexpr ParamInfo describe(Spec s) {
                    (int)sizeof(E),
                    as_of<__remove_cv(Pointee)>::value,
                    __is_const(typename metal::strip_as<__remove_cv(Pointee)>::type) ||
-                       __is_const(__remove_pointer(R))};
+                       __is_const(__remove_pointer(R)),
+                   s.optional};
 }
 
 template <class P>
@@ -756,9 +805,19 @@ inline P attr(int id) {
   }
 }
 
+// Host-sized threadgroup memory ([[threadgroup(k)]]): one allocation per group, poisoned
+// and guarded like a kernel-scope threadgroup array.
+inline void* tg_param(int k) {
+  static const char* const names[kMaxThreadgroupParams] = {
+      "[[threadgroup(0)]]", "[[threadgroup(1)]]", "[[threadgroup(2)]]", "[[threadgroup(3)]]",
+      "[[threadgroup(4)]]", "[[threadgroup(5)]]", "[[threadgroup(6)]]", "[[threadgroup(7)]]"};
+  return tg_alloc(-1 - k, L->tg_params[k], names[k]);
+}
+
 template <class P>
 inline P arg(void** bufs, Spec s) {
   if constexpr (__is_pointer(__remove_reference_t(P))) {
+    if (s.kind == kThreadgroupParam) return (P)tg_param(s.index);
     return (P)bufs[s.index];
   } else if constexpr (__is_reference(P)) {
     return *(__remove_reference_t(P)*)bufs[s.index];
@@ -794,6 +853,44 @@ template <class... P>
 inline void describe_all(void (*f)(P...), const Spec* spec, ParamInfo* out) {
   describe_all(f, spec, out, __make_integer_seq<seq, int, sizeof...(P)>{});
 }
+
+// The numbers the host must agree on, by name; abi.py mirrors them and checks a built library.
+struct AbiValue {
+  const char* name;
+  long value;
+};
+inline constexpr AbiValue kAbi[] = {
+    {"ParamKind.BUFFER", kBuffer},
+    {"ParamKind.ATTRIBUTE", kAttribute},
+    {"ParamKind.THREADGROUP", kThreadgroupParam},
+    {"TypeCode.OTHER", kOther},
+    {"TypeCode.FLOAT", kFloat},
+    {"TypeCode.HALF", kHalf},
+    {"TypeCode.BFLOAT", kBFloat},
+    {"TypeCode.BOOL", kBool},
+    {"TypeCode.CHAR", kChar},
+    {"TypeCode.UCHAR", kUChar},
+    {"TypeCode.SHORT", kShort},
+    {"TypeCode.USHORT", kUShort},
+    {"TypeCode.INT", kInt},
+    {"TypeCode.UINT", kUInt},
+    {"TypeCode.LONG", kLong},
+    {"TypeCode.ULONG", kULong},
+    {"LaunchFlag.FIBERS", kFibers},
+    {"LaunchFlag.FLIP_SCHEDULE", kFlipSchedule},
+    {"LaunchFlag.STRICT", kStrict},
+    {"Status.OK", kOk},
+    {"Status.ERROR", kError},
+    {"Status.NEEDS_FIBERS", kNeedsFibers},
+    {"SIMD_WIDTH", kSimdWidth},
+    {"MAX_THREADS_PER_THREADGROUP", kMaxThreadsPerGroup},
+    {"MAX_THREADGROUP_MEMORY", (long)kMaxThreadgroupMemory},
+    {"MAX_ATOMIC_RANGES", kMaxAtomicRanges},
+    {"MAX_THREADGROUP_PARAMS", kMaxThreadgroupParams},
+    {"NUM_ATTRIBUTES", kNumAttrs},
+    {"POISON", kPoison},
+    {"PARAM_INFO_BYTES", (long)sizeof(ParamInfo)},
+};
 
 }  // namespace mpsk_rt
 

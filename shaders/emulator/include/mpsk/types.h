@@ -108,8 +108,11 @@ namespace detail {
 // One lane of a vector with element type E; bool lanes hold 0 or 1 as Metal's bool does.
 template <class E, class X>
 constexpr E lane(const X& x) {
+  using B = __remove_cv(typename strip_as<__remove_cvref(X)>::type);
   if constexpr (__is_same(E, signed char)) {
     return static_cast<bool>(x);
+  } else if constexpr ((__is_same(E, half) && __is_same(B, bfloat)) || (__is_same(E, bfloat) && __is_same(B, half))) {
+    return static_cast<E>(static_cast<float>(x));  // Metal converts; clang has no direct half <-> bfloat cast
   } else {
     return static_cast<E>(x);
   }
@@ -184,10 +187,40 @@ constexpr V vcast(A a) {
   } else if constexpr (is_vector_v<V> && detail::lanes_of<A>() > 1 &&
                 !__is_same(typename vinfo<V>::elem, signed char)) {
     static_assert(vinfo<V>::lanes == detail::lanes_of<A>(), "static_cast between vectors of different sizes");
-    return __builtin_convertvector(a, V);
+    using From = typename vinfo<typename remove_cvas<A>::type>::elem;
+    using To = typename vinfo<V>::elem;
+    if constexpr ((__is_same(To, half) && __is_same(From, bfloat)) || (__is_same(To, bfloat) && __is_same(From, half))) {
+      return __builtin_convertvector(__builtin_convertvector(a, vec<float, vinfo<V>::lanes>), V);
+    } else {
+      return __builtin_convertvector(a, V);
+    }
   } else {
     return vmake<V>(a);
   }
+}
+
+// `f({a, b, c})`: a braced list as an argument. Clang cannot turn one into a vector
+// parameter, so the pre-pass passes braced(a, b, c) instead, which converts to whatever
+// the parameter is: a vector lane by lane as Metal does, anything else by list-initialization.
+template <class F>
+struct braced_list {
+  F apply;
+  template <class T>
+  constexpr operator T() const {
+    return apply([](auto... x) -> T {
+      if constexpr (is_vector_v<T>) {
+        return vmake<T>(x...);
+      } else {
+        return T{x...};
+      }
+    });
+  }
+};
+
+template <class... A>
+constexpr auto braced(A... a) {
+  auto apply = [=](auto f) { return f(a...); };
+  return braced_list<decltype(apply)>{apply};
 }
 
 template <class To, class From>
