@@ -173,7 +173,7 @@ struct Wrap {
   T v;
   operator vec<T, 2>() const { return vec<T, 2>(v, 2 * v); }
 };
-float helper(float x, uint lane [[thread_index_in_simdgroup]]) { return x + lane * 0; }
+METAL_FUNC float helper(float x, uint lane [[thread_index_in_simdgroup]]) { return x + lane * 0; }
 uint copy_text(device char* dst, constant char* src) {
   uint k = 0;
   while (src[k]) { dst[k] = src[k]; ++k; }
@@ -222,6 +222,14 @@ def test_what_metal_rejects_is_rejected(decl, match):
     src = H + f"kernel void k(device float* o [[buffer(0)]], uint i [[thread_position_in_grid]]) {{\n  {decl}\n}}\n"
     with pytest.raises(SyntaxError, match=match):
         compile_shader(src, backend="cpu")
+
+
+def test_metal_logging_needs_metal_3_2():
+    """The emulator compiles as Metal 3.1 (macOS 14, the oldest torch supports), where
+    <metal_logging> does not exist."""
+    with pytest.raises(SyntaxError, match=r"<metal_logging> needs Metal 3.2"):
+        compile_shader("#include <metal_logging>\n" + H + "kernel void k(device float* o [[buffer(0)]]) {}\n",
+                       backend="cpu")
 
 
 def test_torch_headers_resolve_as_torch_resolves_them():
