@@ -29,7 +29,7 @@ UNARY = [
     ("rsqrt(abs(v) + T(0.25))", lambda v, y, z: (v.abs() + 0.25).rsqrt()),
     ("tanh(v)", lambda v, y, z: v.tanh()),
     ("fast::tanh(v)", lambda v, y, z: v.tanh()),
-    ("erf(v)", lambda v, y, z: torch.erf(v)),
+    ("asinh(v)", lambda v, y, z: v.float().asinh()),
     ("pow(abs(v) + T(0.5), y)", lambda v, y, z: (v.abs() + 0.5).pow(y)),
     ("fast::pow(abs(v) + T(0.5), y)", lambda v, y, z: (v.abs() + 0.5).pow(y)),
     ("fma(v, y, z)", lambda v, y, z: v.float() * y.float() + z.float()),

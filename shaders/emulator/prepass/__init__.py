@@ -18,6 +18,7 @@ stream, as PoCL splits its kernel compiler:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .address_spaces import AddressSpaces
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 
+_UNROLL = re.compile(r"^([ \t]*#[ \t]*pragma[ \t]+(?:clang[ \t]+loop[ \t]+)?unroll)[ \t]*\([^\n]*\)", re.M)
+
+
 @dataclass
 class Prepared:
     source: str
@@ -54,10 +58,13 @@ def prepare(
     """Rewrites preprocessed Metal source, with function constants set by name as `constants`
     says; raises SyntaxError for what Metal would reject."""
     constants = constants or {}
+    # `#pragma unroll(N)` loses N's macro between the preprocessor and the compiler; the count
+    # is only a hint, so it goes (the line stays, so line numbers do too).
+    preprocessed = _UNROLL.sub(r"\1", preprocessed)
     src = Source(preprocessed, filename)
     declared = FunctionConstants(src, constants).run()
     spaces = AddressSpaces(src)
     spaces.run()
-    ExpressionRewrites(src, spaces.aliases).run()
+    ExpressionRewrites(src, spaces.aliases, spaces.class_names).run()
     entries = Declarations(src, spaces.behaviour_classes, constants).run()
     return Prepared(src.edited() + entry_table(entries, declared), entries, declared)

@@ -13,7 +13,7 @@ def entry_table(entries: list[Entry], constants: list[FunctionConstant] = ()) ->
     lines = ['\n#line 1 "<mpsk kernel entries>"']
     rows = []
     for n, e in enumerate(entries):
-        fn = e.kernel.name + (f"<{e.template_args}>" if e.template_args is not None else "")
+        fn = e.address or "::" + e.kernel.name + (f"<{e.template_args}>" if e.template_args is not None else "")
         specs = ", ".join(
             f"{{{_KINDS[p.kind]}, {p.index}, {int(p.optional)}}}" for p in e.kernel.params
         ) or "{0, 0, 0}"
@@ -21,14 +21,15 @@ def entry_table(entries: list[Entry], constants: list[FunctionConstant] = ()) ->
             f"__mpsk_tgmem_{e.kernel.uid}"
             + (f"<{e.template_args}>" if e.template_args is not None else "")
             + "()"
-            if e.kernel.threadgroup_vars
-            else "0ul"
+            if e.kernel.threadgroup_vars and e.address is None
+            else "0ul"  # a deduced instantiation's arguments are unknown here: its size is reported as 0
         )
         lines += [
             f"static const ::mpsk_rt::Spec __mpsk_spec_{n}[] = {{{specs}}};",
             f"static_assert(::mpsk_rt::arity(&{fn}) == {len(e.kernel.params)}, "
             f'"kernel {e.host_name}: parameter count");',
-            f"static void __mpsk_entry_{n}(void** b) {{ ::mpsk_rt::invoke(&{fn}, b, __mpsk_spec_{n}); }}",
+            f"static void __mpsk_entry_{n}(void** __mpsk_bufs) "
+            f"{{ ::mpsk_rt::invoke(&{fn}, __mpsk_bufs, __mpsk_spec_{n}); }}",
             f"static void __mpsk_describe_{n}(::mpsk_rt::ParamInfo* o) "
             f"{{ ::mpsk_rt::describe_all(&{fn}, __mpsk_spec_{n}, o); }}",
         ]

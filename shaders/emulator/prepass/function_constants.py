@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from .source import Pass, Source
 
 _ATTR = re.compile(r"function_constant\s*\(\s*(\d+)\s*\)")
+# Words around `constant` in a declaration (MLX writes `static constant constexpr const bool`).
+_SPECIFIERS = frozenset(["static", "constant", "constexpr", "const", "inline"])
 
 
 @dataclass(frozen=True)
@@ -63,19 +65,25 @@ class FunctionConstants(Pass):
         return self.declared
 
     def declares_constant(self, attr: int) -> bool:
-        """Whether the tokens before the attribute at `attr` are `constant <type> <name>`."""
-        k = attr - 1
-        while k >= 0 and self.toks[k].text not in (";", "{", "}"):
+        """Whether the statement before the attribute at `attr` declares a variable in the constant
+        address space: `constant T name`, `static constant constexpr const T name`, ..."""
+        start = self.statement_start(attr)
+        words = {t.text for t in self.toks[start:attr]}
+        return "constant" in words and self.toks[attr - 1].kind == "ident"
+
+    def statement_start(self, k: int) -> int:
+        while k > 0 and self.toks[k - 1].text not in (";", "{", "}"):
             k -= 1
-        return self.toks[k + 1].text == "constant" and self.toks[attr - 1].kind == "ident"
+        return k
 
     def declaration(self, attr: int, attr_end: int, index: int) -> None:
         toks = self.toks
         name = toks[attr - 1]
-        start = attr - 1
-        while toks[start].text != "constant":
-            start -= 1
-        type_text = self.span(start + 1, attr - 2).strip()
+        start = self.statement_start(attr)
+        first = start
+        while toks[first].text in _SPECIFIERS:
+            first += 1
+        type_text = " ".join(t.text for t in toks[first : attr - 1] if t.text not in _SPECIFIERS)
         self.declared.append(FunctionConstant(name.text, index, type_text))
         if name.text in self.values:
             new = f"constexpr {type_text} {name.text} = {literal(self.values[name.text], type_text)};"

@@ -109,23 +109,33 @@ class TypeNames(Pass):
         toks = self.toks
         bodies: dict[str, tuple[int, int]] = {}
         declared: set[str] = set()
+        templates: set[str] = set()
         for i, t in enumerate(toks[:-2]):
             if t.kind != "ident" or t.text not in ("struct", "class", "union"):
                 continue
-            nxt, after = toks[i + 1], toks[i + 2].text
+            at = i + 1
+            while toks[at].text == "alignas" or toks[at].kind == "attr_open":  # `struct alignas(8) S {`
+                at = self.match_close(at + 1, "(", ")") + 1 if toks[at].text == "alignas" else self.attr_end(at) + 1
+            nxt, after = toks[at], toks[at + 1].text
             if nxt.kind == "ident" and after in ("{", ":", ";", "<", "final"):
                 declared.add(nxt.text)
-                k = i + 2
+                k = at + 1
                 while k < len(toks) and toks[k].text not in ("{", ";"):
                     k += 1
                 if k < len(toks) and toks[k].text == "{":
                     bodies.setdefault(nxt.text, (k, self.match_close(k, "{", "}")))
+                    if i >= 2 and toks[i - 1].text in (">", ">>"):
+                        templates.add(nxt.text)  # `template <...> struct X {`
             elif nxt.text == "{" and i and toks[i - 1].text == "typedef":
                 close = self.match_close(i + 1, "{", "}")
                 if close + 1 < len(toks) and toks[close + 1].kind == "ident":
                     declared.add(toks[close + 1].text)
                     bodies[toks[close + 1].text] = (i + 1, close)
-        behaviour = set(LIBRARY_CLASSES) | {n for n, (a, b) in bodies.items() if self.has_member_functions(a, b)}
+        # A class template counts as having behaviour: its instances (`Pair<float>`) are spelled in
+        # ways the plain-data copy rewrite cannot follow.
+        behaviour = set(LIBRARY_CLASSES) | templates | {
+            n for n, (a, b) in bodies.items() if self.has_member_functions(a, b)
+        }
         changed = True
         while changed:  # a class holding a member of a class with behaviour needs it too
             changed = False

@@ -16,9 +16,10 @@ from .source import Pass, Source
 
 
 class ExpressionRewrites(Pass):
-    def __init__(self, src: Source, type_names: set[str]):
+    def __init__(self, src: Source, type_names: set[str], class_names: set[str] | frozenset[str] = frozenset()):
         super().__init__(src)
         self.type_names = type_names
+        self.class_names = class_names
 
     def run(self) -> None:
         toks = self.toks
@@ -158,8 +159,10 @@ class ExpressionRewrites(Pass):
                 and toks[k + 2].text in (",", ")")
                 and toks[k - 1].kind == "ident"
                 and k - 1 == open_ + 1
+                and (toks[k - 1].text in DECL_WORDS or toks[k - 1].text in self.type_names
+                     or toks[k - 1].text in self.class_names)
             ):
-                return  # `T f(S* s)`
+                return  # `T f(S* s)`, S a type (`short2 v(g * n, l)` is an expression)
         if close + 1 < len(toks) and toks[close + 1].text not in (";", ","):
             return
         name = toks[i].text

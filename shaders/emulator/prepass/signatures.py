@@ -11,6 +11,9 @@ from .names import DISPATCH_ATTRIBUTES
 from .source import Pass, Source
 
 MAX_THREADGROUP_PARAMS = 8  # mpsk_rt::kMaxThreadgroupParams
+BINDING_ATTRIBUTES = frozenset(
+    ["buffer", "threadgroup", "texture", "sampler", "function_constant", "stage_in", "user", "id"]
+)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Entry:
     host_name: str
     kernel: Kernel
     template_args: str | None  # text inside <...> for template kernels
+    address: str | None = None  # the kernel's address, when its template arguments are deduced
 
 
 def split_attrs(text: str) -> list[str]:
@@ -75,12 +79,27 @@ class Declarations(Pass):
         self.class_names = class_names
         self.constants = constants or {}
         self.kernels: list[Kernel] = []
-        self.instantiations: list[tuple[str, str, str]] = []  # (host, name, args)
+        self.instantiations: list[tuple[str, str, str | None]] = []  # (host, name, args)
+        self.addresses: dict[str, str] = {}  # host -> address expression, for deduced instantiations
         self.tg_sites = 0
 
     def run(self) -> list[Entry]:
         self.scan_declarations()
+        self.strip_binding_attributes()
         return self.entries()
+
+    def strip_binding_attributes(self) -> None:
+        """Blanks Metal's binding and dispatch attributes wherever they stand outside kernel
+        signatures (helper functions, function typedefs): Metal ignores them there, and clang
+        would read `threadgroup` inside `[[threadgroup(0)]]` as the address-space macro."""
+        toks = self.toks
+        for i, t in enumerate(toks):
+            if t.kind != "attr_open":
+                continue
+            j = self.attr_end(i)
+            names = [re.match(r"\w+", a).group(0) for a in split_attrs(self.attr_text(i, j)) if re.match(r"\w+", a)]
+            if names and all(n in BINDING_ATTRIBUTES or n in DISPATCH_ATTRIBUTES for n in names):
+                self.blank(t.start, toks[j].end)
 
     def scan_declarations(self) -> None:
         """Walks namespace scopes looking for kernels and explicit instantiations."""
@@ -185,6 +204,10 @@ class Declarations(Pass):
             k = j
             while toks[k].text != "(" and toks[k].text != ";":
                 k += 1
+            if toks[k].text == "(" and toks[k - 1].text not in (">", ">>"):
+                self.deduced_instantiation(host, k, end)
+                self.blank(start, toks[end].end)
+                return end + 1
             k -= 1
             while toks[k].text != ">" and toks[k].text != ">>":
                 k -= 1
@@ -214,6 +237,21 @@ class Declarations(Pass):
         self.instantiations.append((host, "".join(name_parts), args))
         self.blank(start, toks[end].end)
         return end + 1
+
+    def deduced_instantiation(self, host: str, open_: int, end: int) -> None:
+        """`template [[host_name("k1")]] [[kernel]] void k(device float*, constant P<1>*, ...);`:
+        the template arguments come from the parameter types, so the entry takes the kernel's
+        address through a cast to that function type, which instantiates it as C++ deduces."""
+        toks = self.toks
+        name = toks[open_ - 1].text
+        k = open_ - 1
+        while k >= 2 and toks[k - 1].text == "::" and toks[k - 2].kind == "ident":
+            k -= 2
+            name = toks[k].text + "::" + name
+        close = self.match_close(open_, "(", ")")
+        params = re.sub(r"\[\[.*?\]\]", " ", self.src.edited_span(toks[open_].end, toks[close].start), flags=re.S)
+        self.instantiations.append((host, name, None))
+        self.addresses[host] = f"(*static_cast<void (*)({' '.join(params.split())})>(&::{name}))"
 
     def kernel_definition(self, i: int, template_header, ns_stack) -> int:
         toks = self.toks
@@ -255,9 +293,9 @@ class Declarations(Pass):
         self.kernels.append(kernel)
         if tg_vars:
             sizes = " + ".join(f"::mpsk_rt::round16(sizeof({ty}{dims}))" for ty, dims in tg_vars)
-            local = " ".join(self.compile_time_locals(b, body_end))
+            local = " ".join(self.compile_time_locals(b, body_end, " ".join(t + d for t, d in tg_vars)))
             fn = (
-                f" {header or ''} constexpr unsigned long __mpsk_tgmem_{kernel.uid}() "
+                f" {header or ''} inline unsigned long __mpsk_tgmem_{kernel.uid}() "
                 f"{{ {local} return {sizes}; }}"
             )
             self.replace(toks[body_end].end, toks[body_end].end, fn)
@@ -360,33 +398,63 @@ class Declarations(Pass):
         words = [w for w in words if w not in ("const", "volatile", "struct", "metal")]
         return words[-1] if words else ""
 
-    def compile_time_locals(self, body_start: int, body_end: int) -> list[str]:
-        """The kernel body's top-level `constexpr`, `typedef` and `using` statements, which
-        threadgroup array sizes may name (`constexpr int N = 32; threadgroup float s[N];`):
-        copied into the size function, which stands outside the body."""
+    def compile_time_locals(self, body_start: int, body_end: int, sizes: str) -> list[str]:
+        """The kernel body's top-level statements that threadgroup array sizes depend on
+        (`constexpr int N = 32; threadgroup float s[N];`, typedefs, `using` aliases, and a plain
+        `Tile t;` whose `decltype(t)` a size names), copied into the size function, which stands
+        outside the body. Statements the sizes do not need stay out, since they may name
+        run-time values."""
         toks = self.toks
-        out = []
+        statements: list[tuple[str, set[str], str]] = []  # (declared name, names used, text)
         k = body_start + 1
         while k < body_end:
             t = toks[k]
             if t.text == "{":
                 k = self.match_close(k, "{", "}") + 1
                 continue
-            starts = toks[k - 1].text in ("{", ";", "}")
-            if starts and t.text in ("constexpr", "typedef", "using") or (
-                starts and t.text in ("static", "const") and toks[k + 1].text == "constexpr"
-            ):
-                end = k
-                depth = 0
-                while not (toks[end].text == ";" and depth == 0):
-                    depth += toks[end].text in ("(", "{", "[")
-                    depth -= toks[end].text in (")", "}", "]")
-                    end += 1
-                out.append(self.span(k, end).replace("\n", " "))
-                k = end + 1
+            if toks[k - 1].text not in ("{", ";", "}"):
+                k += 1
                 continue
-            k += 1
-        return out
+            end = k
+            depth = 0
+            while end < body_end and not (toks[end].text == ";" and depth == 0):
+                depth += toks[end].text in ("(", "{", "[")
+                depth -= toks[end].text in (")", "}", "]")
+                end += 1
+            words = [x.text for x in toks[k:end] if x.kind == "ident"]
+            declared = self.declared_name(k, end)
+            if declared is not None:
+                statements.append((declared, set(words), self.span(k, end).replace("\n", " ")))
+            k = end + 1
+        needed = set(re.findall(r"[A-Za-z_]\w*", sizes))
+        keep: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for n, (name, used, _) in enumerate(statements):
+                if n not in keep and name in needed:
+                    keep.add(n)
+                    needed |= used
+                    changed = True
+        return [text for n, (_, _, text) in enumerate(statements) if n in keep]
+
+    def declared_name(self, start: int, end: int) -> str | None:
+        """The name a body statement declares, if it is one the size function may copy:
+        `constexpr T N = ...;`, `typedef ... X;`, `using X = ...;`, or `T t;` (no initializer)."""
+        toks = self.toks
+        first = toks[start].text
+        if first == "using" and end - start >= 3 and toks[start + 2].text == "=":
+            return toks[start + 1].text
+        if first == "typedef" and toks[end - 1].kind == "ident":
+            return toks[end - 1].text
+        words = [t.text for t in toks[start:end]]
+        if "constexpr" in words[:3] and "=" in words:
+            eq = words.index("=")
+            return words[eq - 1] if toks[start + eq - 1].kind == "ident" else None
+        plain_declaration = end - start >= 2 and toks[end - 1].kind == "ident" and "=" not in words
+        if plain_declaration and "(" not in words and first not in ("return", "threadgroup", "device", "constant"):
+            return toks[end - 1].text
+        return None
 
     def threadgroup_vars(self, body_start: int, body_end: int, kname: str) -> list[tuple[str, str]]:
         """Rewrites kernel-scope `threadgroup T name[N];` into views of the group's shared arena."""
@@ -429,12 +497,11 @@ class Declarations(Pass):
                 else:
                     name_tok = toks[dl[0]]
                     dims_toks = dl[1:]
-                if any(toks[d].text == "=" for d in dims_toks):
-                    raise self.error(
-                        name_tok,
-                        f"threadgroup variable '{name_tok.text}' cannot have an initializer (Metal rejects "
-                        f"initializers on threadgroup variables; assign it in the kernel, then barrier)",
-                    )
+                init = None
+                eq = next((n for n, d in enumerate(dims_toks) if toks[d].text == "="), None)
+                if eq is not None:
+                    init = self.text[toks[dims_toks[eq + 1]].start : toks[dims_toks[-1]].end]
+                    dims_toks = dims_toks[:eq]
                 dims = "".join(toks[d].text for d in dims_toks)
                 site = self.tg_sites
                 self.tg_sites += 1
@@ -447,6 +514,14 @@ class Declarations(Pass):
                     f"{space}{type_text} {ref} = *({space}{type_text} {ptr})"
                     f"::mpsk_rt::tg_alloc({site}, sizeof({type_text}{dims}), \"{name_tok.text}\");"
                 )
+                if init is not None:
+                    # Metal accepts an initializer (MLX writes `threadgroup float buf[32] = {0};`):
+                    # the group's storage starts with it, set once, when the first thread allocates.
+                    tmp = f"__mpsk_init_{site}"
+                    out.append(
+                        f"if (::mpsk_rt::tg_fresh({site})) {{ {type_text} {tmp}{dims} = {init}; "
+                        f"__builtin_memcpy((void*)(unsigned long)&{name_tok.text}, &{tmp}, sizeof {tmp}); }}"
+                    )
             self.replace(t.start, toks[end].end, " ".join(out))
             k = end + 1
         return found
@@ -465,7 +540,7 @@ class Declarations(Pass):
             kern = by_name.get(name) or by_name.get(name.split("::")[-1])
             if kern is None:
                 raise SyntaxError(f"{self.src.filename}: instantiation '{host}' names no kernel '{name}'")
-            entries.append(Entry(host, kern, args))
+            entries.append(Entry(host, kern, args, self.addresses.get(host)))
         hosts = [e.host_name for e in entries]
         dup = {h for h in hosts if hosts.count(h) > 1}
         if dup:

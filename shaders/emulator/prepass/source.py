@@ -19,7 +19,7 @@ _TOKEN = re.compile(
   | (?P<number>\.?\d(?:[eEpP][+-]|[\w.])*)
   | (?P<ident>[A-Za-z_]\w*)
   | (?P<attr_open>\[\[)
-  | (?P<punct>::|->|<<=|>>=|<=|>=|==|!=|&&|\|\||\+\+|--|[-+*/%&|^!~<>=?:;,.(){}\[\]])
+  | (?P<punct>::|->|<<=|>>=|<=|>=|==|!=|&&|\|\||\+\+|--|[-+*/%&|^]=|[-+*/%&|^!~<>=?:;,.(){}\[\]])
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -156,17 +156,30 @@ class Source:
         return self.text[self.toks[i].start : self.toks[j].end]
 
     def top_level(self, idxs: list[int]) -> set[int]:
-        """The tokens among `idxs` outside any (), [] or <> nesting."""
+        """The tokens among `idxs` outside any (), [], {} or <> nesting."""
         outer, depth = set(), 0
         for d in idxs:
             text = self.toks[d].text
-            if text in (">", ")", "]"):
+            if text in (">", ")", "]", "}"):
                 depth -= 1
-            if depth == 0 and text not in ("<", "(", "["):
+            if depth == 0 and text not in ("<", "(", "[", "{"):
                 outer.add(d)
-            if text in ("<", "(", "["):
+            if text in ("<", "(", "[", "{"):
                 depth += 1
         return outer
+
+    def edited_span(self, start: int, end: int) -> str:
+        """Text offsets [start, end) with the edits made inside them so far applied."""
+        out = []
+        pos = start
+        for a, b, new in sorted(self.edits, key=lambda e: (e[0], -e[1])):
+            if a < pos or b > end or (a == b == end):
+                continue
+            out.append(self.text[pos:a])
+            out.append(new)
+            pos = b
+        out.append(self.text[pos:end])
+        return "".join(out)
 
     def edited(self) -> str:
         """The text with every edit applied; an edit nested in a span already replaced is dropped."""

@@ -19,7 +19,17 @@ enum memory_order : int {
   memory_order_seq_cst = 5,
 };
 
-enum class thread_scope : int { thread_scope_thread, thread_scope_simdgroup, thread_scope_threadgroup, thread_scope_device };
+enum class thread_scope : int {
+  thread_scope_thread,
+  thread_scope_simdgroup,
+  thread_scope_threadgroup,
+  thread_scope_device,
+  thread_scope_system,
+};
+using enum thread_scope;
+// `coherent(device)` / `coherent(system)` (Metal 3.2) qualify memory whose writes other threads
+// or the CPU may see; threads here share one address space in one order, so it changes nothing.
+#define coherent(scope)
 
 template <class T>
 struct atomic {
@@ -28,6 +38,15 @@ struct atomic {
                 "Metal has atomic<T> for int, uint, bool, float and (64-bit min/max) ulong only");
   T value_;
 };
+}  // namespace metal
+
+template <class T>
+struct mpsk_rt::keeps_space<metal::atomic<T>> {
+  static constexpr bool value = true;
+};
+
+namespace metal {
+
 using atomic_int = atomic<int>;
 using atomic_uint = atomic<uint>;
 using atomic_bool = atomic<bool>;

@@ -175,7 +175,6 @@ inline float cospi_(float x) {
   MPSK_UNARY(sinh, __builtin_sinhf(v))                            \
   MPSK_UNARY(cosh, __builtin_coshf(v))                            \
   MPSK_UNARY(tanh, __builtin_tanhf(v))                            \
-  MPSK_UNARY(erf, __builtin_erff(v))                              \
   MPSK_UNARY(floor, __builtin_floorf(v))                          \
   MPSK_UNARY(ceil, __builtin_ceilf(v))                            \
   MPSK_UNARY(round, __builtin_roundf(v))                          \
@@ -188,10 +187,6 @@ inline float cospi_(float x) {
   MPSK_UNARY(asinh, __builtin_asinhf(v))                \
   MPSK_UNARY(acosh, __builtin_acoshf(v))                \
   MPSK_UNARY(atanh, __builtin_atanhf(v))                \
-  MPSK_UNARY(expm1, __builtin_expm1f(v))                \
-  MPSK_UNARY(log1p, __builtin_log1pf(v))                \
-  MPSK_UNARY(cbrt, __builtin_cbrtf(v))                  \
-  MPSK_UNARY(logb, __builtin_logbf(v))                  \
   MPSK_UNARY(sinpi, math_detail::sinpi_(v))             \
   MPSK_UNARY(cospi, math_detail::cospi_(v))             \
   MPSK_UNARY(tanpi, math_detail::sinpi_(v) / math_detail::cospi_(v))
@@ -439,6 +434,9 @@ template <class T>
 inline T min3(T a, T b, T c) { return min(min(a, b), c); }
 template <class T>
 inline T median3(T a, T b, T c) { return max(min(a, b), min(max(a, b), c)); }
+template <class T>
+  requires math_detail::is_float<T>
+inline T fmedian3(T a, T b, T c) { return fmax(fmin(a, b), fmin(fmax(a, b), c)); }
 
 // Integer functions, lane by lane; counts are of the element's own width.
 namespace math_detail {

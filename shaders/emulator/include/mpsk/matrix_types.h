@@ -68,6 +68,24 @@ constexpr matrix<T, C, R> operator*(T s, const matrix<T, C, R>& a) {
   return a * s;
 }
 template <class T, int C, int R>
+constexpr matrix<T, C, R> operator/(const matrix<T, C, R>& a, T s) {
+  matrix<T, C, R> m;
+  for (int c = 0; c < C; ++c) m.columns[c] = a.columns[c] / s;
+  return m;
+}
+template <class T, int C, int R>
+constexpr matrix<T, C, R>& operator+=(thread matrix<T, C, R>& a, const matrix<T, C, R>& b) {
+  return a = a + b;
+}
+template <class T, int C, int R>
+constexpr matrix<T, C, R>& operator-=(thread matrix<T, C, R>& a, const matrix<T, C, R>& b) {
+  return a = a - b;
+}
+template <class T, int C, int R>
+constexpr matrix<T, C, R>& operator*=(thread matrix<T, C, R>& a, T s) {
+  return a = a * s;
+}
+template <class T, int C, int R>
 constexpr vec<T, R> operator*(const matrix<T, C, R>& m, vec<T, C> v) {
   vec<T, R> r = T(0);
   for (int c = 0; c < C; ++c) r += m.columns[c] * v[c];

@@ -11,6 +11,7 @@
 #include "matrix.h"
 #include "matrix_types.h"
 #include "packed.h"
+#include "internals.h"
 #include "exports.h"
 
 // Metal has no double; the pre-pass reports it, this catches what it cannot see.

@@ -104,6 +104,7 @@ struct TgVar {
   int site;
   unsigned long off, size;
   const char* name;
+  bool fresh;  // allocated and not yet initialized
 };
 
 struct Launch {
@@ -191,9 +192,21 @@ inline void* tg_alloc(int site, unsigned long size, const char* name) {
          kMaxThreadgroupMemory, name);
   unsigned long off = L->tg_used + kRedZone;
   if (L->ntg == 0) memset(arena(), kPoison, kArenaBytes);
-  L->tg[L->ntg++] = TgVar{site, off, size, name};
+  L->tg[L->ntg++] = TgVar{site, off, size, name, true};
   L->tg_used = off + round16(size) + kRedZone;
   return arena() + off;
+}
+
+// Whether the calling thread is the first to reach the declaration at `site` in this group
+// (it then applies the declaration's initializer).
+inline bool tg_fresh(int site) {
+  for (int i = 0; i < L->ntg; ++i)
+    if (L->tg[i].site == site) {
+      const bool fresh = L->tg[i].fresh;
+      L->tg[i].fresh = false;
+      return fresh;
+    }
+  return false;
 }
 
 inline bool check_tg_red_zones() {
@@ -235,6 +248,23 @@ inline bool check_tg_red_zones() {
   }
   return true;
 }
+
+// ---- address spaces of dependent types ---------------------------------------------
+
+// `device T` with T a template parameter (the pre-pass writes in_space<1, T>): scalars and
+// vectors keep the address space, class types drop it (see prepass/address_spaces.py);
+// constant memory is const either way.
+template <class X>
+struct keeps_space {  // class types that keep their address space (atomics, in atomic.h)
+  static constexpr bool value = false;
+};
+template <int AS, class X>
+using in_space_value = metal::conditional_t<AS == 2, const X, X>;
+template <int AS, class X>
+using in_space = metal::conditional_t<(__is_class(__remove_cv(X)) || __is_union(__remove_cv(X))) &&
+                                          !keeps_space<__remove_cv(X)>::value,
+                                      in_space_value<AS, X>,
+                                      __attribute__((address_space(AS))) in_space_value<AS, X>>;
 
 // ---- plain-data objects in an address space --------------------------------------
 
@@ -777,12 +807,13 @@ constexpr ParamInfo describe(Spec s) {
   using Pointee = __remove_cv(__remove_pointer(R));
   using Q = __remove_cv(typename metal::strip_as<Pointee>::type);
   using E = typename metal::vinfo<Q>::elem;
+  constexpr int elem_size = __is_void(E) ? 1 : (int)sizeof(metal::conditional_t<__is_void(E), char, E>);
   return ParamInfo{s.kind,
                    s.index,
                    ptr,
                    type_code<__remove_cv(E)>(),
                    metal::vinfo<Q>::lanes,
-                   (int)sizeof(E),
+                   elem_size,
                    as_of<__remove_cv(Pointee)>::value,
                    __is_const(typename metal::strip_as<__remove_cv(Pointee)>::type) ||
                        __is_const(__remove_pointer(R)),

@@ -81,9 +81,11 @@ inline bool isnan_(E v) {
 
 struct Sum {
   template <class T> static T apply(const T& a, const T& b) { return a + b; }
+  template <class T> static T identity(const T&) { return T(0); }
 };
 struct Prod {
   template <class T> static T apply(const T& a, const T& b) { return a * b; }
+  template <class T> static T identity(const T&) { return T(1); }
 };
 // NaN wins, so a NaN in any lane is never hidden by the reduction.
 struct Max {
@@ -125,15 +127,21 @@ void reduce(Thread* const* lanes, int n) {
     if (lanes[i]) out(lanes[i], acc);
 }
 
-template <class T, bool Inclusive>
-void prefix_sum(Thread* const* lanes, int n) {
-  T acc = T(0);
+template <class T, class Op, bool Inclusive>
+void prefix(Thread* const* lanes, int n) {
+  bool started = false;
+  T acc{};
   for (int i = 0; i < n; ++i) {
     if (!lanes[i]) continue;
     const T v = in<T>(lanes[i]);
-    if (Inclusive) acc = acc + v;
-    out(lanes[i], acc);
-    if (!Inclusive) acc = acc + v;
+    if (Inclusive) {
+      acc = started ? Op::apply(acc, v) : v;
+      out(lanes[i], acc);
+    } else {
+      out(lanes[i], started ? acc : Op::identity(v));
+      acc = started ? Op::apply(acc, v) : v;
+    }
+    started = true;
   }
 }
 
@@ -341,20 +349,16 @@ inline T simd_prod(T x, MPSK_SITE_PARAMS) {
   return simd_detail::call(x, 0, simd_detail::reduce<T, simd_detail::Prod>, MPSK_SITE("simd_product"));
 }
 
-template <class T>
-inline T simd_prefix_inclusive_sum(T x, MPSK_SITE_PARAMS) {
-  return simd_detail::call(x, 0, simd_detail::prefix_sum<T, true>,
-                           MPSK_SITE("simd_prefix_inclusive_sum"));
-}
-template <class T>
-inline T simd_prefix_exclusive_sum(T x, MPSK_SITE_PARAMS) {
-  return simd_detail::call(x, 0, simd_detail::prefix_sum<T, false>,
-                           MPSK_SITE("simd_prefix_exclusive_sum"));
-}
-template <class T>
-inline T simd_prefix_inclusive_product(T x, MPSK_SITE_PARAMS) {
-  return simd_detail::call(x, 0, simd_detail::prefix_sum<T, true>, MPSK_SITE("simd_prefix_inclusive_product"));
-}
+#define MPSK_SIMD_PREFIX(name, Op, inclusive)                                                  \
+  template <class T>                                                                           \
+  inline T name(T x, MPSK_SITE_PARAMS) {                                                       \
+    return simd_detail::call(x, 0, simd_detail::prefix<T, simd_detail::Op, inclusive>, MPSK_SITE(#name)); \
+  }
+MPSK_SIMD_PREFIX(simd_prefix_inclusive_sum, Sum, true)
+MPSK_SIMD_PREFIX(simd_prefix_exclusive_sum, Sum, false)
+MPSK_SIMD_PREFIX(simd_prefix_inclusive_product, Prod, true)
+MPSK_SIMD_PREFIX(simd_prefix_exclusive_product, Prod, false)
+#undef MPSK_SIMD_PREFIX
 
 #define MPSK_SIMD_SHUFFLE(name, fn)                                                      \
   template <class T>                                                                     \
