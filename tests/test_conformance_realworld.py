@@ -2,6 +2,7 @@
 compiling those kernels on the emulator; each is reproduced here by a small kernel of our own
 and checked for its result, not only that it compiles."""
 
+import pytest
 import torch
 from mps_inductor_ext.shaders import compile_shader
 
@@ -216,3 +217,43 @@ kernel void b(device float* o [[buffer(0)]], device const void* raw [[buffer(1)]
     i = torch.arange(4.0)
     torch.testing.assert_close(o, (6 + 4 + i + 4 * i + 100) * 2)
     assert flag.item() == 1
+
+
+FALLBACK = """
+struct C {
+  float re, im;
+  C() = default;
+  C(float x) : re(x), im(2 * x) {}
+};
+template <typename T> void put(threadgroup T* dst, uint i, T v) { dst[i] = v; }
+template <typename T>
+kernel void k(device T* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {
+  threadgroup T buf[8];
+  put(buf, i, T(float(i)));
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  out[i] = buf[7 - i];
+}
+template [[host_name("k_c")]] kernel void k<C>(device C*, uint);
+"""
+
+
+def test_class_objects_handed_between_templates_compile_and_compute():
+    """A class type through a kernel template into a helper template that deduces from its
+    `threadgroup T*` (MLX's sort, scan and reduce): clang's address spaces cannot type this,
+    so after a first build that finds no address-space mix-up, memory is made generic."""
+    lib = compile_shader(H + FALLBACK, backend="cpu")
+    out = torch.zeros(8, 2)
+    lib.k_c(out, threads=8)
+    i = torch.arange(7, -1, -1, dtype=torch.float32)
+    assert torch.equal(out, torch.stack([i, 2 * i], 1))
+
+
+def test_an_address_space_mix_up_is_still_reported_beside_them():
+    """The fallback is not taken when the first build also shows a pointer passed into the wrong
+    address space, which Metal rejects."""
+    bad = FALLBACK + """
+float first(thread float* p) { return p[0]; }
+kernel void mixed(device float* o [[buffer(0)]]) { o[1] = first(o); }
+"""
+    with pytest.raises(SyntaxError, match="no matching function for call to 'first'"):
+        compile_shader(H + bad, backend="cpu")

@@ -130,11 +130,54 @@ def library_path(source: str, constants: dict[str, bool | int | float] | None = 
 
 
 def _clang(args: list[str], tmp: str) -> str:
-    """Runs zig's clang in `tmp`; its stdout, or SyntaxError with its diagnostics."""
+    """Runs zig's clang in `tmp`; its stdout, or SyntaxError with its diagnostics (and the raw
+    diagnostics as the error's `stderr`)."""
     proc = subprocess.run([zig_executable(), "c++", *args], capture_output=True, text=True, cwd=tmp, check=False)
     if proc.returncode != 0:
-        raise _compile_error(proc.stderr, tmp)
+        err = _compile_error(proc.stderr, tmp)
+        err.stderr = proc.stderr
+        raise err
     return proc.stdout
+
+
+# A first build whose errors include one of these passed memory of a named address space where
+# another is expected, which Metal rejects: that build's errors stand. Any other failure may be
+# what only the address-space model lacks (copies, assignments and member calls of class objects
+# in device or threadgroup memory, pointers into them), and the build is retried with every
+# address space generic; if that one fails too, the first build's errors stand.
+_FROM_NAMED_SPACE = re.compile(
+    r"cannot pass pointer to address space '(1|2|3|device|constant|threadgroup)'"
+    r"|cannot bind reference in address space '(1|2|3|device|constant|threadgroup)'"
+)
+_CONVERSION = re.compile(r"of type '([^']*)' (?:with an [lr]value|from incompatible type) of type '([^']*)'")
+_CONVERSION_ASSIGN = re.compile(r"assigning to '([^']*)' from incompatible type '([^']*)'")
+_DEDUCTION = re.compile(r"deduced type '([^']*)' of \w+ parameter does not match adjusted type '([^']*)'")
+
+
+def _space(type_text: str) -> int:
+    """The address space a clang type spelling names (its `aka` spelling ignored)."""
+    text = type_text.split("(aka", 1)[0]
+    for n, word in ((1, "device"), (2, "constant"), (3, "threadgroup")):
+        if re.search(rf"\b{word}\b|address_space\({n}\)", text):
+            return n
+    return 0
+
+
+def _space_mismatch(stderr: str) -> bool:
+    """Whether the diagnostics show memory of a named address space passed where another is expected."""
+    for line in stderr.splitlines():
+        if ": note:" in line and _FROM_NAMED_SPACE.search(line) and "implicit" not in line:
+            return True
+        d = _DEDUCTION.search(line) if ": note:" in line else None
+        if d and "in_space<" not in line and _space(d.group(2)) and _space(d.group(2)) != _space(d.group(1)):
+            return True
+        if ": error:" in line:
+            m = _CONVERSION.search(line) or _CONVERSION_ASSIGN.search(line)
+            if m and "in_space<" in line:
+                continue  # a type whose space is decided at instantiation: the model's, not the source's
+            if m and _space(m.group(2)) and _space(m.group(2)) != _space(m.group(1)):
+                return True
+    return False
 
 
 def build(source: str, constants: dict[str, bool | int | float] | None = None) -> Path:
@@ -160,7 +203,19 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None) -
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"
-        _clang([*COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)], tmp)
+        compile_args = [*COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)]
+        try:
+            _clang([*compile_args, "-ferror-limit=0"], tmp)
+        except SyntaxError as first:
+            # Class objects in device or threadgroup memory (MLX's complex and tiles, llama.cpp's
+            # blocks) need those spaces generic; only a build with no address-space mix-up in its
+            # errors is retried so, so such a mix-up is still reported as Metal reports it.
+            if _space_mismatch(getattr(first, "stderr", "")):
+                raise
+            try:
+                _clang([*compile_args, "-DMPSK_GENERIC_SPACES"], tmp)
+            except SyntaxError:
+                raise first from None
         staged = out.with_suffix(f".{os.getpid()}.tmp")
         staged.write_bytes(tmp_out.read_bytes())
         os.replace(staged, out)

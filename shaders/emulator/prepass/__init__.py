@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-_UNROLL = re.compile(r"^([ \t]*#[ \t]*pragma[ \t]+(?:clang[ \t]+loop[ \t]+)?unroll)[ \t]*\([^\n]*\)", re.M)
+_UNROLL = re.compile(r"^([ \t]*#[ \t]*pragma[ \t]+unroll)[ \t]*\([^\n]*\)", re.M)
 
 
 @dataclass

@@ -27,6 +27,10 @@ from .source import Pass, Source
 
 SPACES = ("device", "constant", "threadgroup")
 _OPERATOR_TOKENS = frozenset(["+=", "-=", "*=", "/=", "=", "+", "-", "*", "/", "==", "!=", "<", ">", "[", "]", ")"])
+# What may stand between a function's parameter list and its body or initializer list.
+_AFTER_PARAMETERS = frozenset(
+    ["const", "volatile", "noexcept", "thread", "device", "constant", "threadgroup", "override", "final", ":"]
+)
 # Words between an address space and the type name it qualifies.
 _SKIP = {"const", "volatile", "thread", "device", "constant", "threadgroup", "struct", "typename", "::"}
 
@@ -166,11 +170,15 @@ class AddressSpaces(Pass):
         rhs_deref = toks[k].text == "*"
         depth = 0
         names = False
-        while not (depth == 0 and toks[k].text == ";"):
+        while k < len(toks) and not (depth == 0 and toks[k].text == ";"):
             depth += toks[k].text in ("(", "[", "{")
             depth -= toks[k].text in (")", "]", "}")
+            if depth < 0:
+                return False  # a default argument or an initializer inside parentheses
             names |= toks[k].text in self.data_classes
             k += 1
+        if k == len(toks):
+            return False
         j = i - 1
         while j > 0 and toks[j - 1].text not in (";", "{", "}"):
             j -= 1
@@ -283,12 +291,24 @@ class AddressSpaces(Pass):
                     return
                 close = self.match_close(open_, "(", ")")
         open_ = self.match_open(close, "(", ")")
-        if open_ == 0 or (toks[open_ - 1].kind != "ident" and toks[open_ - 1].text not in _OPERATOR_TOKENS):
+        name = toks[open_ - 1] if open_ else None
+        if name is None or name.text in KEYWORDS:
             return
+        if name.kind != "ident":
+            # `operator+=(`, `operator()(`; anything else (a function pointer's `(*f)(`) is no definition
+            op_at = open_ - 3 if name.text == ")" else open_ - 2
+            if name.text not in _OPERATOR_TOKENS or op_at < 0 or toks[op_at].text != "operator":
+                return
         end = close + 1
         depth = 0
-        while end < len(toks) and not (depth == 0 and toks[end].text in ("{", ";", "=", ",", ")")):
-            depth += toks[end].text == "("  # a constructor's initializer list: `: v(0), w(1)`
+        init_list = False  # a constructor's initializer list: `: v(0), w(1)`
+        while end < len(toks) and not (
+            depth == 0 and (toks[end].text in ("{", ";", "=", ")") or (toks[end].text == "," and not init_list))
+        ):
+            if depth == 0 and not init_list and toks[end].text not in _AFTER_PARAMETERS:
+                return  # not `) const device {` nor `) : v(0) {`
+            init_list |= depth == 0 and toks[end].text == ":"
+            depth += toks[end].text == "("
             depth -= toks[end].text == ")"
             end += 1
         if end >= len(toks) or toks[end].text != "{":
@@ -297,9 +317,9 @@ class AddressSpaces(Pass):
         depth = 0
         while start > 0:
             text = toks[start - 1].text
-            if text in (")", "]", ">"):
+            if text in (")", "]"):  # not `<` / `>`, which may be comparisons
                 depth += 1
-            elif text in ("(", "[", "<"):
+            elif text in ("(", "["):
                 depth -= 1
             if depth == 0 and text in (";", "{", "}") or (
                 depth == 0 and text == ":" and toks[start - 2].text in ("public", "private", "protected")

@@ -15,8 +15,8 @@ def entry_table(entries: list[Entry], constants: list[FunctionConstant] = ()) ->
     for n, e in enumerate(entries):
         fn = e.address or "::" + e.kernel.name + (f"<{e.template_args}>" if e.template_args is not None else "")
         specs = ", ".join(
-            f"{{{_KINDS[p.kind]}, {p.index}, {int(p.optional)}}}" for p in e.kernel.params
-        ) or "{0, 0, 0}"
+            f"{{{_KINDS[p.kind]}, {p.index}, {int(p.optional)}, {p.space}}}" for p in e.kernel.params
+        ) or "{0, 0, 0, 0}"
         tg = (
             f"__mpsk_tgmem_{e.kernel.uid}"
             + (f"<{e.template_args}>" if e.template_args is not None else "")

@@ -25,6 +25,12 @@ class Param:
     attribute: str | None = None
     optional: bool = False  # a buffer behind a [[function_constant]] that is off
 
+    @property
+    def space(self) -> int:
+        """The address space the declaration names: 1 device, 2 constant, 3 threadgroup, 0 thread."""
+        words = set(re.findall(r"\w+", self.type_text))
+        return next((n for n, w in ((1, "device"), (2, "constant"), (3, "threadgroup")) if w in words), 0)
+
 
 @dataclass
 class Kernel:
@@ -417,10 +423,13 @@ class Declarations(Pass):
                 continue
             end = k
             depth = 0
-            while end < body_end and not (toks[end].text == ";" and depth == 0):
-                depth += toks[end].text in ("(", "{", "[")
-                depth -= toks[end].text in (")", "}", "]")
+            while end < body_end and not (toks[end].text in (";", "{") and depth == 0):
+                depth += toks[end].text in ("(", "[")
+                depth -= toks[end].text in (")", "]")
                 end += 1
+            if end < body_end and toks[end].text == "{":  # `for (...) {`, `if (...) {`: not a declaration
+                k = end
+                continue
             words = [x.text for x in toks[k:end] if x.kind == "ident"]
             declared = self.declared_name(k, end)
             if declared is not None:

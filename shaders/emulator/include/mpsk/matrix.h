@@ -223,7 +223,9 @@ inline void collective(const void* m0, const void* m1, const void* m2, const voi
   }
 // Metal has device and threadgroup forms only: a constant pointer does not compile.
 MPSK_MATRIX_LOAD_STORE(device)
+#ifndef MPSK_GENERIC_SPACES  // there the two spaces are one
 MPSK_MATRIX_LOAD_STORE(threadgroup)
+#endif
 #undef MPSK_MATRIX_LOAD_STORE
 
 // Operand types may differ (MLX multiplies half or bfloat into float accumulators).

@@ -260,9 +260,15 @@ struct keeps_space {  // class types that keep their address space (atomics, in 
 };
 template <int AS, class X>
 using in_space_value = metal::conditional_t<AS == 2, const X, X>;
+#ifdef MPSK_GENERIC_SPACES
+inline constexpr bool kGenericSpaces = true;
+#else
+inline constexpr bool kGenericSpaces = false;
+#endif
 template <int AS, class X>
-using in_space = metal::conditional_t<(__is_class(__remove_cv(X)) || __is_union(__remove_cv(X))) &&
-                                          !keeps_space<__remove_cv(X)>::value,
+using in_space = metal::conditional_t<((__is_class(__remove_cv(X)) || __is_union(__remove_cv(X))) &&
+                                       !keeps_space<__remove_cv(X)>::value) ||
+                                          kGenericSpaces,
                                       in_space_value<AS, X>,
                                       __attribute__((address_space(AS))) in_space_value<AS, X>>;
 
@@ -301,11 +307,11 @@ struct UnsetConstant {
 // Metal's string literals live in the constant address space; the pre-pass wraps each
 // one (and __func__) in this, so `constant char*` parameters take them and thread ones do not.
 template <unsigned long N>
-inline constexpr __attribute__((address_space(2))) const char* cstr(const char (&s)[N]) {
-  return (__attribute__((address_space(2))) const char*)(unsigned long)s;
+inline constexpr constant char* cstr(const char (&s)[N]) {
+  return (constant char*)(unsigned long)s;
 }
-inline __attribute__((address_space(2))) const char* cstr(const char* s) {
-  return (__attribute__((address_space(2))) const char*)(unsigned long)s;
+inline constant char* cstr(const char* s) {
+  return (constant char*)(unsigned long)s;
 }
 
 // ---- atomics ------------------------------------------------------------------
@@ -798,6 +804,7 @@ struct Spec {
   int kind;
   int index;
   int optional;
+  int space;  // the address space the declaration names (the type may have lost it: class types)
 };
 
 template <class P>
@@ -814,7 +821,7 @@ constexpr ParamInfo describe(Spec s) {
                    type_code<__remove_cv(E)>(),
                    metal::vinfo<Q>::lanes,
                    elem_size,
-                   as_of<__remove_cv(Pointee)>::value,
+                   as_of<__remove_cv(Pointee)>::value ? as_of<__remove_cv(Pointee)>::value : s.space,
                    __is_const(typename metal::strip_as<__remove_cv(Pointee)>::type) ||
                        __is_const(__remove_pointer(R)),
                    s.optional};

@@ -8,9 +8,18 @@
 // function that wants a threadgroup or thread pointer does not compile.
 #pragma once
 
+// MPSK_GENERIC_SPACES: the fallback build for sources whose class objects in device or
+// threadgroup memory clang cannot type with an address space (see toolchain.py), made only
+// after a first build with address spaces found no mix-up of them; memory is then generic.
+#ifdef MPSK_GENERIC_SPACES
+#define device
+#define constant const
+#define threadgroup
+#else
 #define device __attribute__((address_space(1)))
 #define constant __attribute__((address_space(2))) const
 #define threadgroup __attribute__((address_space(3)))
+#endif
 #define thread
 
 typedef unsigned char uchar;
