@@ -9,10 +9,10 @@ from mps_inductor_ext.shaders import compile_shader
 H = "#include <metal_stdlib>\nusing namespace metal;\n"
 
 
-def _one(src: str, kernel: str, n: int, *extra, group=None, dtype=torch.float32) -> torch.Tensor:
+def _one(src: str, kernel: str, n: int, *extra, group=None, threads=None, dtype=torch.float32) -> torch.Tensor:
     out = torch.zeros(n, dtype=dtype)
     lib = compile_shader(H + src, backend="cpu")
-    getattr(lib, kernel)(out, *extra, threads=n, group_size=group or n)
+    getattr(lib, kernel)(out, *extra, threads=threads or n, group_size=group or threads or n)
     return out
 
 
@@ -33,8 +33,8 @@ kernel void k(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]
 
 
 def test_constructors_and_free_functions_overloaded_on_address_space():
-    """MLX's complex type: constructors qualified by `this`'s address space, and `operator+=`
-    defined once per address space with one body."""
+    """MLX's complex type: constructors and conversion operators qualified by `this`'s address
+    space, and `operator+=` defined once per address space with one body."""
     src = """
 struct Acc {
   float v;
@@ -44,15 +44,24 @@ struct Acc {
 };
 thread Acc& operator+=(thread Acc& a, float x) { a.v += x; return a; }
 threadgroup Acc& operator+=(threadgroup Acc& a, float x) { a.v += x; return a; }
+template <typename T> struct Cx {
+  T re, im;
+  constexpr Cx(vec<T, 2> v) thread : re(v.x), im(v.y) {}
+  constexpr Cx(vec<T, 2> v) device : re(v.x), im(v.y) {}
+  constexpr operator vec<T, 2>() const thread { return vec<T, 2>(re, im); }
+  constexpr operator vec<T, 2>() const device { return vec<T, 2>(re, im); }
+};
 struct Tag { constexpr Tag(constant char* s) constant : first(s[0]) {} char first; };
 constant Tag tag("metal");
 kernel void k(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {
   Acc a;
   a += float(i);
-  out[i] = a.get() + float(tag.first);
+  Cx<float> c(float2(2.0f, 3.0f));
+  float2 back = c;
+  out[i] = a.get() + float(tag.first) + back.x * back.y;
 }
 """
-    torch.testing.assert_close(_one(src, "k", 8), torch.arange(8) + 1.0 + ord("m"))
+    torch.testing.assert_close(_one(src, "k", 8), torch.arange(8) + 1.0 + ord("m") + 6.0)
 
 
 def test_binding_attributes_outside_kernels():
@@ -147,6 +156,23 @@ kernel void chunks(device float* dst [[buffer(0)]], device const float* src [[bu
     src_t, dst = torch.arange(16.0), torch.zeros(16)
     lib.chunks(dst, src_t, threads=8)
     assert torch.equal(dst, src_t.view(8, 2).flip(0).flatten())
+
+
+def test_simdgroup_matrix_operators_and_qualified_vec():
+    """MLX's conv multiplies simdgroup matrices with `*` and adds with `+`; its fft builds vectors
+    as `metal::vec<T, 2>(re, im)`."""
+    src = """
+kernel void k(device float* out [[buffer(0)]], uint l [[thread_index_in_simdgroup]]) {
+  simdgroup_float8x8 a = make_filled_simdgroup_matrix<float, 8>(1.0f);
+  simdgroup_float8x8 b = make_filled_simdgroup_matrix<float, 8>(2.0f);
+  simdgroup_float8x8 c = (a * b) + a;
+  simdgroup_store(c, out, 8);
+  metal::vec<float, 2> v = metal::vec<float, 2>(-1, 0.5f);
+  if (l == 0) out[64] = v.x + v.y;
+}
+"""
+    out = _one(src, "k", 65, threads=32)
+    assert torch.equal(out[:64], torch.full((64,), 17.0)) and out[64].item() == -0.5
 
 
 def test_threadgroup_size_from_a_local_type():

@@ -26,7 +26,6 @@ from .names import KEYWORDS, TypeNames
 from .source import Pass, Source
 
 SPACES = ("device", "constant", "threadgroup")
-_OPERATOR_TOKENS = frozenset(["+=", "-=", "*=", "/=", "=", "+", "-", "*", "/", "==", "!=", "<", ">", "[", "]", ")"])
 # What may stand between a function's parameter list and its body or initializer list.
 _AFTER_PARAMETERS = frozenset(
     ["const", "volatile", "noexcept", "thread", "device", "constant", "threadgroup", "override", "final", ":"]
@@ -294,11 +293,8 @@ class AddressSpaces(Pass):
         name = toks[open_ - 1] if open_ else None
         if name is None or name.text in KEYWORDS:
             return
-        if name.kind != "ident":
-            # `operator+=(`, `operator()(`; anything else (a function pointer's `(*f)(`) is no definition
-            op_at = open_ - 3 if name.text == ")" else open_ - 2
-            if name.text not in _OPERATOR_TOKENS or op_at < 0 or toks[op_at].text != "operator":
-                return
+        if name.kind != "ident" and not self.names_operator(open_):
+            return  # a function pointer's `(*f)(`, a call through an expression: no definition
         end = close + 1
         depth = 0
         init_list = False  # a constructor's initializer list: `: v(0), w(1)`
@@ -327,6 +323,16 @@ class AddressSpaces(Pass):
                 break
             start -= 1
         self._functions.add((start, close, self.match_close(end, "{", "}")))
+
+    def names_operator(self, open_: int) -> bool:
+        """Whether the parameter list at `open_` follows `operator`: `operator+=(`, `operator()(`,
+        a conversion `operator vec<T, 2>(`."""
+        k = open_ - 1
+        while k >= 0 and open_ - k <= 12 and self.toks[k].text not in (";", "{", "}"):
+            if self.toks[k].text == "operator":
+                return True
+            k -= 1
+        return False
 
     def dedupe(self, start: int, close: int, end: int) -> None:
         """Definitions that differed only in address spaces dropped here are one function now:

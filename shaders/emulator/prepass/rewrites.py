@@ -68,10 +68,16 @@ class ExpressionRewrites(Pass):
                 and nxt.text not in KEYWORDS
             ):
                 self.direct_init(i)
-            elif t.kind == "ident" and t.text == "vec" and nxt.text == "<" and prev not in ("::", "operator"):
+            elif t.kind == "ident" and t.text == "vec" and nxt.text == "<" and (
+                prev not in ("::", "operator") or (prev == "::" and i >= 2 and toks[i - 2].text == "metal")
+            ):
                 close = self.angle_close(i + 1)
                 if close + 1 < len(toks) and toks[close + 1].text == "(":
-                    self.replace(t.start, t.start, "::metal::vmake<")
+                    # `vec<T, 2>(a, b)` and `metal::vec<T, 2>(a, b)` construct lane by lane
+                    first = i if prev != "::" else i - 2
+                    if prev == "::" and i >= 3 and toks[i - 3].text == "::":
+                        first = i - 3
+                    self.replace(toks[first].start, toks[first].start, "::metal::vmake<")
                     self.replace(toks[close].end, toks[close].end, ">")
             elif t.kind == "ident" and t.text == "static_cast" and nxt.text == "<":
                 close = self.angle_close(i + 1)

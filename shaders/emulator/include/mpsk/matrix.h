@@ -240,6 +240,19 @@ inline void simdgroup_multiply_accumulate(thread simdgroup_matrix<TD, 8, 8>& d,
                             MPSK_SITE("simdgroup_multiply_accumulate"));
 }
 
+// a * b and a + b on simdgroup matrices (MLX's conv writes `(G * g) * Gt`). An operator takes no
+// call-site arguments, so all its uses count as one site for the divergence checks.
+template <class T>
+inline simdgroup_matrix<T, 8, 8> operator*(const thread simdgroup_matrix<T, 8, 8>& a,
+                                           const thread simdgroup_matrix<T, 8, 8>& b);
+template <class T>
+inline simdgroup_matrix<T, 8, 8> operator+(const thread simdgroup_matrix<T, 8, 8>& a,
+                                           const thread simdgroup_matrix<T, 8, 8>& b) {
+  simdgroup_matrix<T, 8, 8> d;
+  d.mpsk_elems = a.mpsk_elems + b.mpsk_elems;  // each lane owns the same elements of all three
+  return d;
+}
+
 template <class TD, class TA, class TB>
 inline void simdgroup_multiply(thread simdgroup_matrix<TD, 8, 8>& d, const thread simdgroup_matrix<TA, 8, 8>& a,
                                const thread simdgroup_matrix<TB, 8, 8>& b, MPSK_SITE_PARAMS) {
@@ -247,6 +260,14 @@ inline void simdgroup_multiply(thread simdgroup_matrix<TD, 8, 8>& d, const threa
                             matrix_detail::multiply<simdgroup_matrix<TD, 8, 8>, simdgroup_matrix<TA, 8, 8>,
                                                     simdgroup_matrix<TB, 8, 8>, void>,
                             MPSK_SITE("simdgroup_multiply"));
+}
+
+template <class T>
+inline simdgroup_matrix<T, 8, 8> operator*(const thread simdgroup_matrix<T, 8, 8>& a,
+                                           const thread simdgroup_matrix<T, 8, 8>& b) {
+  simdgroup_matrix<T, 8, 8> d;
+  simdgroup_multiply(d, a, b, "<simdgroup_matrix operator*>", 0, 0);
+  return d;
 }
 
 }  // namespace metal
