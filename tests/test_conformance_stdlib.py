@@ -165,19 +165,22 @@ kernel void k(device const float4* m [[buffer(0)]], device const float4* v [[buf
   scalars[0] = determinant(small);
   half2x4 hm;
   scalars[1] = sizeof(hm) + sizeof(float3x3);
+  bfloat2x2 bm(small);                           // converting between element types
+  scalars[2] = float(bm[1][0]) + float(bfloat4(v[0]).w);
 }
 """
     m = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))  # m[c] is column c
     v = torch.randn(1, 4, generator=torch.Generator().manual_seed(1))
     out = torch.zeros(4, 4)
-    scalars = torch.zeros(2)
+    scalars = torch.zeros(3)
     compile_shader(src, backend="cpu").k(m, v, out, scalars, threads=1)
     a = m.T  # rows x columns
     torch.testing.assert_close(out[0], a @ v[0])
     torch.testing.assert_close(out[1], v[0] @ a)
     torch.testing.assert_close(out[2], a[1])
     assert torch.equal(out[3], torch.zeros(4))
-    assert scalars.tolist() == [1 * 4 - 3 * 2, 2 * 8 + 3 * 16]
+    assert scalars[:2].tolist() == [1 * 4 - 3 * 2, 2 * 8 + 3 * 16]
+    assert scalars[2].item() == 3.0 + v[0, 3].to(torch.bfloat16).item()
 
 
 def test_packed_vectors_and_uniform():

@@ -63,7 +63,7 @@ FLOAT_LITERAL = re.compile(
 # Class types of the compatibility layer that kernels keep in device or constant memory.
 LIBRARY_CLASSES = frozenset(
     ["array", "simd_vote", "quad_vote", "uniform", "packed_vec", "matrix"]
-    + [f"{t}{c}x{r}" for t in ("float", "half") for c in (2, 3, 4) for r in (2, 3, 4)]
+    + [f"{t}{c}x{r}" for t in ("float", "half", "bfloat") for c in (2, 3, 4) for r in (2, 3, 4)]
     + [f"packed_{s}{n}" for s in SCALARS if s != "bool" for n in (2, 3, 4)]
 )
 

@@ -1,4 +1,4 @@
-// <metal_matrix>: floatCxR and halfCxR (C columns of R-component vectors, 2 <= C, R <= 4).
+// <metal_matrix>: floatCxR, halfCxR and bfloatCxR (C columns of R-component vectors, 2 <= C, R <= 4).
 //
 // Columns are Metal's vector types, so sizes and alignments match Metal's (a float3
 // column takes 16 bytes). m[c] is a column; m * v takes a C-vector to an R-vector and
@@ -10,7 +10,8 @@ namespace metal {
 template <class T, int C, int R>
 struct matrix {
   static_assert(2 <= C && C <= 4 && 2 <= R && R <= 4, "Metal matrices have 2 to 4 columns and rows");
-  static_assert(__is_same(T, float) || __is_same(T, half), "Metal matrices hold float or half");
+  static_assert(__is_same(T, float) || __is_same(T, half) || __is_same(T, bfloat),
+                "Metal matrices hold float, half or bfloat");
   using column = vec<T, R>;
   column columns[C];
 
@@ -31,7 +32,8 @@ struct matrix {
   }
   template <class U>
   explicit constexpr matrix(const matrix<U, C, R>& m) : columns{} {
-    for (int c = 0; c < C; ++c) columns[c] = __builtin_convertvector(m.columns[c], column);
+    for (int c = 0; c < C; ++c)
+      for (int r = 0; r < R; ++r) columns[c][r] = static_cast<T>(static_cast<float>(m.columns[c][r]));
   }
 
   constexpr thread column& operator[](int c) { return columns[check(c)]; }
@@ -139,6 +141,7 @@ constexpr T determinant(const matrix<T, 3, 3>& m) {
   typedef matrix<T, 4, 4> T##4x4;
 MPSK_MATRICES(float)
 MPSK_MATRICES(half)
+MPSK_MATRICES(bfloat)
 #undef MPSK_MATRICES
 
 }  // namespace metal

@@ -198,8 +198,12 @@ constexpr V vcast(A a) {
     static_assert(vinfo<V>::lanes == detail::lanes_of<A>(), "static_cast between vectors of different sizes");
     using From = typename vinfo<typename remove_cvas<A>::type>::elem;
     using To = typename vinfo<V>::elem;
-    if constexpr ((__is_same(To, half) && __is_same(From, bfloat)) || (__is_same(To, bfloat) && __is_same(From, half))) {
-      return __builtin_convertvector(__builtin_convertvector(a, vec<float, vinfo<V>::lanes>), V);
+    if constexpr (__is_same(To, bfloat) || __is_same(From, bfloat)) {
+      // Lane by lane through float: clang has no half <-> bfloat conversion, and its x86 backend
+      // fails on some vector conversions to bfloat.
+      V r{};
+      for (int i = 0; i < vinfo<V>::lanes; ++i) r[i] = static_cast<To>(static_cast<float>(a[i]));
+      return r;
     } else {
       return __builtin_convertvector(a, V);
     }
