@@ -11,6 +11,7 @@ reach the emulated kernels unchanged.
 from __future__ import annotations
 
 import contextlib
+import re
 import types
 
 import torch
@@ -91,12 +92,9 @@ def run_mps_wrapper(code: str, args: list[torch.Tensor]):
         exec(compile(code, "<inductor mps wrapper>", "exec"), module.__dict__)
     finally:
         runtime_utils.compile_mps_shader = original
-    sym_args = [a for a in args]
-    return module.call(list(sym_args))
+    return module.call(list(args))  # the wrapper empties the list it is given
 
 
 def metal_kernels(code: str) -> list[str]:
     """The names of the Metal kernels a wrapper compiles."""
-    import re
-
     return re.findall(r"async_compile\.metal\('(\w+)'", code)
