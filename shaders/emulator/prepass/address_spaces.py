@@ -178,9 +178,7 @@ class AddressSpaces(Pass):
             k += 1
         if k == len(toks):
             return False
-        j = i - 1
-        while j > 0 and toks[j - 1].text not in (";", "{", "}"):
-            j -= 1
+        j = self.statement_start(i - 1)
         lhs_deref = toks[j].text == "*"
         names |= any(toks[n].text in self.data_classes for n in range(j, i))
         return names and (lhs_deref or rhs_deref)

@@ -71,11 +71,6 @@ class FunctionConstants(Pass):
         words = {t.text for t in self.toks[start:attr]}
         return "constant" in words and self.toks[attr - 1].kind == "ident"
 
-    def statement_start(self, k: int) -> int:
-        while k > 0 and self.toks[k - 1].text not in (";", "{", "}"):
-            k -= 1
-        return k
-
     def declaration(self, attr: int, attr_end: int, index: int) -> None:
         toks = self.toks
         name = toks[attr - 1]

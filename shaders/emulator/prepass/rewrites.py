@@ -207,12 +207,7 @@ class ExpressionRewrites(Pass):
         if not self.is_vector_pointer(i + 1, close):
             self.converting_cast(i, close)
             return
-        end = self.unary_end(close + 1)
-        if end is None:
-            return
-        type_text = self.span(i + 1, close - 1)
-        self.replace(toks[i].start, toks[close].end, f"::mpsk_rt::vector_pointer<{type_text}>(")
-        self.replace(toks[end].end, toks[end].end, ")")
+        self.wrap_cast(i, close, "::mpsk_rt::vector_pointer")
 
     def in_call_arguments(self, i: int) -> bool:
         """Whether token i sits directly inside a call's parentheses: `f({a, b}, c)`."""
@@ -264,11 +259,15 @@ class ExpressionRewrites(Pass):
             return  # a call, sizeof(T), or a parameter list: not a cast
         if close + 1 >= len(toks) or toks[close + 1].text in (")", ";", ",", "{", "]", "?", ":", "="):
             return
+        self.wrap_cast(i, close, "::metal::vcast")
+
+    def wrap_cast(self, i: int, close: int, callee: str) -> None:
+        """`(T)operand`, the type between tokens i and close -> `callee<T>(operand)`."""
+        toks = self.toks
         end = self.unary_end(close + 1)
         if end is None:
             return
-        type_text = self.span(i + 1, close - 1)
-        self.replace(toks[i].start, toks[close].end, f"::metal::vcast<{type_text}>(")
+        self.replace(toks[i].start, toks[close].end, f"{callee}<{self.span(i + 1, close - 1)}>(")
         self.replace(toks[end].end, toks[end].end, ")")
 
     def unary_end(self, k: int) -> int | None:

@@ -105,6 +105,12 @@ class Source:
                     return j
         raise self.error(self.toks[i], f"unbalanced '{open_}'")
 
+    def statement_start(self, k: int) -> int:
+        """Index of the first token of the statement holding token k (after `;`, `{` or `}`)."""
+        while k > 0 and self.toks[k - 1].text not in (";", "{", "}"):
+            k -= 1
+        return k
+
     def match_open(self, j: int, open_: str, close: str) -> int:
         depth = 0
         for k in range(j, -1, -1):
@@ -207,6 +213,7 @@ class Pass:
         self.blank = src.blank
         self.match_close = src.match_close
         self.match_open = src.match_open
+        self.statement_start = src.statement_start
         self.attr_end = src.attr_end
         self.attr_text = src.attr_text
         self.angle_close = src.angle_close
