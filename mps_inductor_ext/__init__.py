@@ -1,10 +1,20 @@
 """mps_inductor_ext: a torch.compile / Inductor backend for Apple Silicon with hand-written Metal kernels."""
 
-from . import config, diagnostics, ops, shaders
+from . import config
+
+# First, before anything can ask libtorch about MPS: it reads its MPS hooks once, and the emulated
+# device's must be registered by then for the accelerator API and autograd to see the device.
+if config.emulate_mps_at_import():
+    from .emulated_mps import emulate_mps_device as _emulate
+
+    _emulate()
+
+from . import diagnostics, ops, shaders  # noqa: E402
 from .aoti import aoti_compile_and_package, aoti_load_package
 from .backend import MetalKernelsNotUsedWarning
 from .backend import register as _register_backend
 from .diagnostics import explain
+from .emulated_mps import count_launches, emulate_mps_device
 from .passes import counters, reset_counters
 from .shaders import KernelError, compile_shader
 
@@ -18,8 +28,10 @@ __all__ = [
     "aoti_load_package",
     "compile_shader",
     "config",
+    "count_launches",
     "counters",
     "diagnostics",
+    "emulate_mps_device",
     "explain",
     "ops",
     "reset_counters",

@@ -121,6 +121,11 @@ def _env_flag(name: str) -> bool:
     raise ValueError(f"environment variable {name} must be 0 or 1, got {raw!r}")
 
 
+def emulate_mps_at_import() -> bool:
+    """MPSK_EMULATE_MPS=1: install the emulated mps device when mps_inductor_ext is imported."""
+    return _env_flag("MPSK_EMULATE_MPS")
+
+
 # Run the Metal kernels on the CPU emulator for CPU tensors (the tests use it).
 emulate_metal: bool = _env_flag("MPSK_EMULATE_METAL")
 # Which pattern families the backend replaces.

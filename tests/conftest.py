@@ -1,9 +1,19 @@
+import os
+
 import pytest
 import torch
 from mps_inductor_ext.shaders import compile_shader
 
-HAS_MPS = torch.backends.mps.is_available()
+from mps_inductor_ext import emulated_mps
+
+# A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
+# its MPS hooks before the emulated device (tests/mps_device) can register its own.
+HAS_MPS = torch.backends.mps.is_built() and torch.backends.mps.is_available() and not emulated_mps.installed()
 requires_mps = pytest.mark.skipif(not HAS_MPS, reason="no MPS device on this machine")
+
+# tests/mps_device run on the emulated mps device, which changes the whole process (is_available()
+# turns True): they run in a process of their own (test_mps_device_suite.py starts it).
+collect_ignore = [] if os.environ.get("MPSK_EMULATE_MPS") == "1" else ["mps_device"]
 
 
 @pytest.fixture

@@ -32,47 +32,12 @@ import mps_inductor_ext as mpsk
 
 transformers = pytest.importorskip("transformers")
 
-LAYERS, HIDDEN, HEADS, KV_HEADS, VOCAB = 2, 64, 4, 2, 128
+from hf_models import VOCAB, build, expected_counts  # noqa: E402
+
 SEQ, SEQ2 = 12, 9  # the second length must reuse the first compilation
-WINDOW = 5  # Mistral's sliding window, shorter than both lengths so that it masks keys
 TOL = TOLERANCES[torch.float32]  # the ops' float32 tolerance (rtol = atol)
 IMPLS = ("sdpa", "eager")
 MODELS = ("llama", "mistral", "gpt2")
-
-
-def build(name: str, impl: str, **overrides) -> torch.nn.Module:
-    """A tiny model with random weights and every dropout at 0 (so training is deterministic)."""
-    torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                  attn_implementation=impl)
-    if name == "gpt2":
-        cfg = transformers.GPT2Config(n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-                                      bos_token_id=0, eos_token_id=0, **common, **overrides)
-        return transformers.GPT2LMHeadModel(cfg)
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-    }[name]
-    extra = {"sliding_window": WINDOW} if name == "mistral" else {}
-    cfg = config_cls(intermediate_size=2 * HIDDEN, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
-                     attention_dropout=0.0, **common, **{**extra, **overrides})
-    return model_cls(cfg)
-
-
-def expected_counts(name: str, config) -> dict[str, int]:
-    """Every replaceable instance in the model, read from transformers' modeling code.
-
-    Llama / Mistral: each decoder layer has input_layernorm and post_attention_layernorm (the HF
-    RMSNorm form) and the model a final norm; apply_rotary_pos_emb rotates q and k, two rope
-    results per layer; one attention per layer (SDPA, or eager matmul-softmax-matmul with
-    repeat_kv for the 2 KV heads). GPT-2: ln_1 and ln_2 per block and ln_f (nn.LayerNorm), one
-    attention per block, learned positions (no RoPE). The eager attention's softmax is part of
-    its attention, and nothing else takes a softmax, so no softmax is replaced on its own.
-    """
-    layers = config.num_hidden_layers
-    if name == "gpt2":
-        return {"layer_norm": 2 * layers + 1, "attention": layers}
-    return {"rms_norm": 2 * layers + 1, "rope": 2 * layers, "attention": layers}
 
 
 @dataclasses.dataclass

@@ -4,8 +4,10 @@ libtorch defines the shim only on macOS. `load()` builds `shim_emulator.cpp` wit
 loads it with RTLD_GLOBAL (so an AOTInductor model loaded afterwards resolves its
 `aoti_torch_mps_*` calls against it) and installs the Python callbacks every shim call is
 forwarded to. The callbacks drive the shader runtime the tests verify,
-`ShaderLibrary(source, backend="cpu")` and its `KernelFunction`, so AOTI code and the Python
-wrapper share one launch path and the emulator's checks.
+`ShaderLibrary(source, backend="auto")` and its `KernelFunction`, so AOTI code and the Python
+wrapper share one launch path and the emulator's checks. "auto" is the emulator's `cpu` backend,
+or `mps` on the emulated mps device (mps_inductor_ext.emulated_mps), which is torch.mps.compile_shader
+answered by the emulator, with the argument rules of torch's MPS encoder, as on a Mac.
 
 Tensors arrive as AtenTensorHandles (`at::Tensor*` owned by the caller). A callback borrows one by
 asking libtorch for a second handle to the same TensorImpl (`aoti_torch_new_tensor_handle`, a
@@ -266,7 +268,7 @@ class _Runtime:
         return fn
 
     def _create_library(self, source: bytes, out) -> None:
-        lib = ShaderLibrary(source.decode("utf-8"), backend="cpu")
+        lib = ShaderLibrary(source.decode("utf-8"), backend="auto")
         with self._lock:
             handle = next(self._ids)
             self._libraries[handle] = lib

@@ -190,8 +190,11 @@ def _source_kind(source: str) -> str:
 # ---------------------------------------------------------------- MPS kernels
 
 def mps_dispatch_available() -> bool:
-    """Whether this PyTorch build has MPS kernels registered, so the dispatcher can say which ops lack one."""
-    return bool(torch.backends.mps.is_built())
+    """Whether this PyTorch build has MPS kernels registered, so the dispatcher can say which ops lack one
+    (not so on the emulated mps device, whose MPS key runs every op through one CPU fallback)."""
+    from ..emulated_mps import installed
+
+    return bool(torch.backends.mps.is_built()) and not installed()
 
 
 # Kernels written in terms of other ops, so they run wherever those do. Not

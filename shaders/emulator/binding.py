@@ -190,8 +190,13 @@ def bind(kernel: str, buffers: list, args: dict[int, object], casts: dict[int, s
         bindings[idx] = payload
     return bindings
 
+# Device types whose tensors live in host memory: "cpu", and "mps" once the emulated mps device
+# (mps_inductor_ext.emulated_mps) is installed.
+HOST_MEMORY_DEVICES = {"cpu"}
+
+
 def check_tensor(t: torch.Tensor, p, where: str) -> None:
-    if t.device.type != "cpu":
+    if t.device.type not in HOST_MEMORY_DEVICES:
         raise ValueError(f"{where}: the emulator runs on CPU tensors, got a tensor on {t.device}")
     if t.dtype not in DTYPE_CODES:
         raise TypeError(f"{where}: Metal has no {t.dtype} buffers")

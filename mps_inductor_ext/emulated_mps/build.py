@@ -1,0 +1,91 @@
+"""Builds the emulated `mps` device (device.cpp) with the machine's g++ against the installed libtorch.
+
+It links against libtorch's C++ API, so it needs the compiler libtorch was built with (g++ and
+libstdc++, with torch's `_GLIBCXX_USE_CXX11_ABI`); zig's clang, which links libc++, cannot. A
+build takes one to three minutes; the library is cached beside the emulator's (toolchain.cache_dir())
+under a key of the source, the flags, torch's version and the compiler's version.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..shaders.emulator import toolchain
+
+SOURCE = Path(__file__).with_name("device.cpp")
+TORCH_DIR = Path(torch.__file__).parent
+
+
+def _flags() -> tuple[str, ...]:
+    return (
+        "-std=c++20",
+        "-O1",
+        "-fPIC",
+        "-shared",
+        "-fvisibility=hidden",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        "-isystem", str(TORCH_DIR / "include"),
+        "-isystem", str(TORCH_DIR / "include" / "torch" / "csrc" / "api" / "include"),
+        "-L", str(TORCH_DIR / "lib"),
+        f"-Wl,-rpath,{TORCH_DIR / 'lib'}",
+        "-lc10",
+        "-ltorch_cpu",
+    )
+
+
+def compiler() -> str:
+    """The C++ compiler: $CXX, else g++; an error naming what to install if there is none."""
+    cxx = os.environ.get("CXX") or "g++"
+    path = shutil.which(cxx)
+    if path is None:
+        raise RuntimeError(
+            f"the emulated mps device is built with a C++ compiler against libtorch, and {cxx!r} was not "
+            f"found; install g++ (Debian: apt install g++) or set CXX"
+        )
+    return path
+
+
+@functools.cache
+def _compiler_version(cxx: str) -> str:
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def library_path() -> Path:
+    cxx = compiler()
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), "\0".join(_flags()).encode(), torch.__version__.encode(),
+                 _compiler_version(cxx).encode()):
+        h.update(part)
+        h.update(b"\0")
+    return toolchain.cache_dir() / f"emulated-mps-{h.hexdigest()[:32]}.so"
+
+
+def build() -> Path:
+    """The built library's path, compiling it first if it is not cached."""
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"the emulated mps device is built for Linux only, not {sys.platform}")
+    out = library_path()
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mpsk-device-") as tmp:
+        tmp_out = Path(tmp) / "device.so"
+        proc = subprocess.run(
+            [compiler(), *_flags()[:5], str(SOURCE), *_flags()[5:], "-o", str(tmp_out)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the emulated mps device failed:\n{proc.stderr.strip()[-4000:]}")
+        staged = out.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_bytes(tmp_out.read_bytes())
+        os.replace(staged, out)
+    return out
