@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end (tiny settings) and say emulator times are not GPU times."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -54,3 +55,27 @@ def test_compile_time_ratio(tmp_path):
     ratio = re.search(r"ratio mpsk/inductor compile time, tiny_llama: ([\d.]+) \((meets|misses)", out)
     assert ratio and float(ratio.group(1)) > 0
     assert "not GPU times" in out
+
+
+@pytest.mark.slow
+def test_launches_per_forward(tmp_path):
+    from mps_inductor_ext.models import TinyLlamaConfig
+
+    target = tmp_path / "launches.json"
+    out = run("launches.py", "--models", "tiny_llama", "--prefill", "4", "--json", str(target), tmp_path=tmp_path)
+    assert "counts, not timings" in out
+    rows = {(r["phase"], r["backend"]): r for r in json.loads(target.read_text())["rows"]}
+    assert set(rows) == {(p, b) for p in ("prefill", "decode") for b in ("eager", "inductor", "mpsk")}
+    n = TinyLlamaConfig().num_layers
+    replaced = (2 * n + 1) + 2 * n + n  # rms_norm, rope, attention: one kernel each at these sizes
+    for phase in ("prefill", "decode"):
+        assert rows[phase, "mpsk"]["mpsk"] == replaced
+        assert rows[phase, "inductor"]["mpsk"] == rows[phase, "eager"]["mpsk"] == 0
+        eager = rows[phase, "eager"]
+        assert eager["inductor"] == 0 and eager["launches"] == eager["aten"]
+        # every linear layer is one extern matmul in both compiled programs: 7 per layer and the LM head
+        assert rows[phase, "mpsk"]["aten_ops"]["aten::mm.out"] == rows[phase, "inductor"]["aten_ops"]["aten::mm.out"] \
+            == 7 * n + 1
+        for b in ("eager", "inductor", "mpsk"):
+            r = rows[phase, b]
+            assert r["launches"] == r["inductor"] + r["mpsk"] + r["aten"] > 0

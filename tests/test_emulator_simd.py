@@ -5,10 +5,13 @@ Every case runs on full SIMD-groups, several SIMD-groups per threadgroup, a thre
 because partial SIMD-groups are where an emulator is most tempted to return plausible numbers.
 """
 
+import warnings
+
 import pytest
 import torch
 from conftest import nan_like
 from mps_inductor_ext.shaders import KernelError
+from mps_inductor_ext.shaders.errors import UndefinedBehaviorWarning
 
 SIMD = 32
 CONFIGS = [(64, 32), (256, 128), (96, 48), (70, 64)]  # (threads, group_size)
@@ -226,7 +229,15 @@ def test_simd_functions(emulate, type_name, threads, group):
         y = torch.tensor([-1, 1, 2], dtype=dtype)[torch.randint(0, 3, shape, generator=g)]
     ref = reference(x, y, threads, group)
     out = torch.full((14, *shape), -7, dtype=dtype) if not dtype.is_floating_point else nan_like(ref.to(dtype))
-    getattr(emulate(SOURCE), f"simd_ops_{type_name}")(out, x, y, threads=threads, group_size=group)
+    kernel = getattr(emulate(SOURCE), f"simd_ops_{type_name}")
+    partial = group % SIMD != 0 or threads % group % SIMD != 0
+    if partial:  # reads of lanes no thread was launched for are reported, not only poisoned
+        with pytest.warns(UndefinedBehaviorWarning, match=r"read lane \d+, which is inactive"):
+            kernel(out, x, y, threads=threads, group_size=group)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UndefinedBehaviorWarning)
+            kernel(out, x, y, threads=threads, group_size=group)
 
     undefined = ref.isnan()
     if dtype.is_floating_point:
@@ -237,7 +248,7 @@ def test_simd_functions(emulate, type_name, threads, group):
         assert (out[undefined] == -1).all(), "reads of missing lanes must give the poison pattern"
         torch.testing.assert_close(out[~undefined].double(), ref[~undefined], **tol)
     # The configurations with partial SIMD-groups must exercise undefined reads at all.
-    assert bool(undefined.any()) == (group % SIMD != 0 or threads % group % SIMD != 0)
+    assert bool(undefined.any()) == partial
 
 
 @pytest.mark.parametrize("threads,group", CONFIGS)

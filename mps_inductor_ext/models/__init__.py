@@ -1,5 +1,5 @@
 """Small built-in models for the demo and the benchmarks (no download, no transformers dependency)."""
 
-from .tiny_llama import TinyLlama, TinyLlamaConfig
+from .tiny_llama import KVCache, TinyLlama, TinyLlamaConfig
 
-__all__ = ["TinyLlama", "TinyLlamaConfig"]
+__all__ = ["KVCache", "TinyLlama", "TinyLlamaConfig"]

@@ -2,7 +2,8 @@
 forms the mpsk patterns must recognize in real models: RMSNorm in the HF form (fp32 upcast,
 mean of squares, rsqrt, cast back, weight), rotate_half RoPE on q and k, grouped-query
 attention through F.scaled_dot_product_attention(is_causal=True, enable_gqa=True), and a
-SwiGLU MLP.
+SwiGLU MLP. With a `KVCache` it decodes as Hugging Face's static cache does: keys and values are
+written in place at the tokens' positions, and attention reads the whole cache under a mask.
 """
 
 from __future__ import annotations
@@ -48,6 +49,27 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+class KVCache(nn.Module):
+    """Static key/value buffers, (batch, kv_heads, max_len, head_dim) per layer, of one sequence batch."""
+
+    def __init__(self, cfg: TinyLlamaConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        super().__init__()
+        if batch < 1 or max_len < 1:
+            raise ValueError(f"KVCache needs batch >= 1 and max_len >= 1, got {batch}, {max_len}")
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.max_len = max_len
+        for i in range(cfg.num_layers):
+            self.register_buffer(f"k{i}", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+            self.register_buffer(f"v{i}", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Writes k and v (batch, kv_heads, s, head_dim) at `positions`; returns the whole cache."""
+        ck, cv = getattr(self, f"k{layer}"), getattr(self, f"v{layer}")
+        ck.index_copy_(2, positions, k)
+        cv.index_copy_(2, positions, v)
+        return ck, cv
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TinyLlamaConfig):
         super().__init__()
@@ -58,14 +80,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=False)
         self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            k, v = cache.update(layer, k, v, positions)
+            mask = torch.arange(cache.max_len, device=x.device)[None, :] <= positions[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -88,8 +116,9 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -112,12 +141,20 @@ class TinyLlama(nn.Module):
         n = self.config.num_layers
         return {"rms_norm": 2 * n + 1, "rope": 2 * n, "attention": n}
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Without a cache, the whole sequence from position 0. With one, `positions` (int64, one per
+        token: prefill 0..s-1, then one position per decode step) say where the tokens go."""
+        if (cache is None) != (positions is None):
+            raise ValueError("TinyLlama: pass cache and positions together, or neither")
         x = self.embed_tokens(input_ids)
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.float32)
+        if positions is None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.float32)
+        else:
+            pos = positions.to(torch.float32)
         freqs = pos[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype)[None, None], emb.sin().to(x.dtype)[None, None]
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i, positions)
         return self.lm_head(self.norm(x))

@@ -140,3 +140,43 @@ def test_greedy_generation_with_a_static_cache_gives_eagers_tokens(name):
     per_graph = expected_counts(name, model.config)
     # Two graphs (prefill, then every decode step with its one-token query), both replaced.
     assert dict(mpsk.counters) == {k: 2 * v for k, v in per_graph.items()}
+
+
+def squared_logits(logits: torch.Tensor) -> torch.Tensor:
+    """A training loss whose compiled form reduces floats only (see the cross-entropy test below)."""
+    return logits.float().pow(2).mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_training_step_gradients_match_eager_cpu(name):
+    """Training on the device: autograd runs the compiled backward (Inductor's Metal, the mpsk ops'
+    backward) on mps, and every parameter's gradient equals eager's on the CPU."""
+    model = build(name, "sdpa").train()
+    ids = inputs(SEQ, seed=3)
+    squared_logits(model(input_ids=ids).logits).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.to("mps")
+    torch._dynamo.reset()
+    mpsk.reset_counters()
+    squared_logits(torch.compile(model, backend="mpsk")(input_ids=ids.to("mps")).logits).backward()
+    assert dict(mpsk.counters) == expected_counts(name, model.config)
+    for n, p in model.named_parameters():
+        assert p.grad is not None and p.grad.device.type == "mps", n
+        torch.testing.assert_close(p.grad.cpu(), expected[n], rtol=TOL, atol=TOL, msg=lambda m, n=n: f"{n}: {m}")
+
+
+@pytest.mark.slow
+def test_compiled_cross_entropy_reads_lanes_never_launched_and_says_so():
+    """Inductor's mean cross-entropy counts non-ignored targets with c10's 64-bit simd_sum, which for
+    fewer than 32 targets reads SIMD lanes no thread was launched for (undefined in Metal). The
+    emulator warns and poisons, so the loss is not eager's; on a Mac the value depends on the GPU."""
+    from mps_inductor_ext.shaders.errors import UndefinedBehaviorWarning
+
+    model = build("llama", "sdpa").eval().to("mps")
+    ids = inputs(SEQ, seed=4).to("mps")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="mpsk")
+    with torch.no_grad(), pytest.warns(UndefinedBehaviorWarning, match="simd_shuffle_and_fill_down .* inactive"):
+        compiled(input_ids=ids, labels=ids)

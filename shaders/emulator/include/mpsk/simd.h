@@ -157,14 +157,15 @@ inline bool uniform_iarg(Thread* const* lanes, int n, const char* what) {
   return true;
 }
 
-// The value lane `src` supplies: poisoned when that lane is absent or inactive,
-// as reading it is undefined on the GPU.
+// The value lane `src` supplies: poisoned, and noted, when that lane is inactive, past the end
+// of a partial SIMD-group (a lane no thread was launched for) or outside the SIMD-group, as
+// reading it is undefined on the GPU.
 template <class T>
 inline void take(Thread* dst, Thread* const* lanes, int n, long src) {
   if (src >= 0 && src < n && lanes[src]) {
     out(dst, in<T>(lanes[src]));
   } else {
-    if (src >= 0 && src < n) mpsk_rt::note_undefined(dst->site.what, dst->site.line, dst->a[mpsk_rt::thread_index_in_simdgroup][0], (int)src);
+    mpsk_rt::note_undefined(dst->site.what, dst->site.line, dst->a[mpsk_rt::thread_index_in_simdgroup][0], (int)src);
     poison(dst);
   }
 }
@@ -229,7 +230,7 @@ void shuffle_fill(Thread* const* lanes, int n) {
       memcpy(&v, lanes[src]->in + (fill ? 16 : 0), sizeof(T));
       out(lanes[i], v);
     } else {
-      if (src >= 0 && src < n) mpsk_rt::note_undefined(lanes[i]->site.what, lanes[i]->site.line, i, (int)src);
+      mpsk_rt::note_undefined(lanes[i]->site.what, lanes[i]->site.line, i, (int)src);
       poison(lanes[i]);
     }
   }
