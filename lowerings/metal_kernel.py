@@ -108,12 +108,14 @@ class _LaunchWriter(abc.ABC):
         self.prefix = node.get_name()
 
     def write(self) -> None:
+        # Input references first, outside the call's scope: a reinterpreted view's reference may
+        # declare size arrays, which the wrapper caches by value and reuses at later call sites.
+        refs = {name: self.node.input_reference(name) for name in self.node.tensors}
         self.begin()
         tensors = {"out": self.node.get_name()}
         for s in self.node.plan.scratch:
             tensors[s.name] = self.scratch(s)
-        for name in self.node.tensors:
-            ref, view = self.node.input_reference(name)
+        for name, (ref, view) in refs.items():
             tensors[name] = ref if view is None else self.view(name, ref, view)
         for i, launch in enumerate(self.node.plan.launches):
             self.launch(i, launch, tensors)

@@ -7,11 +7,14 @@ lowerings installed, so the generated C++ launches the Metal kernels through the
 
 `aoti_load_package` loads such a package. A package whose kernels run on the CPU emulator
 (made with `config.emulate_metal` on CPU tensors) calls `aoti_torch_mps_*`, which only macOS's
-libtorch defines; the emulated shim is loaded first so those calls resolve against it.
+libtorch defines; the emulated shim is loaded first so those calls resolve against it. A package
+compiled for the `mps` device (on a Mac, or on the emulated mps device) also calls the ATen
+fallbacks of c_shim_mps.h, which the emulated device supplies (emulated_mps.c_shim).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -78,8 +81,20 @@ def needs_emulated_shim(package_path: str | os.PathLike) -> bool:
         return any(name.endswith(".so") and SHIM_SYMBOL in archive.read(name) for name in archive.namelist())
 
 
+def package_devices(package_path: str | os.PathLike) -> set[str]:
+    """The devices a package's models were compiled for (AOTI_DEVICE_KEY of their metadata)."""
+    with zipfile.ZipFile(package_path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("_metadata.json")]
+        return {json.loads(archive.read(n)).get("AOTI_DEVICE_KEY", "") for n in names} - {""}
+
+
 def aoti_load_package(package_path: str | os.PathLike) -> Callable[..., Any]:
-    """Loads a `.pt2` package as a callable model (pytree inputs and outputs, as exported)."""
+    """Loads a `.pt2` package as a callable model (pytree inputs and outputs, as exported).
+
+    A package compiled for `mps` runs on a Mac, or here on the emulated mps device, whose libtorch
+    lacks what a Mac's has for it (the MPS shim, the ATen fallback shim, the mps model runner)."""
+    from ..emulated_mps import c_shim, installed
+
     if not isinstance(package_path, (str, os.PathLike)):
         raise TypeError(f"mpsk: package_path must be a str or os.PathLike, got {type(package_path).__name__}")
     path = os.fspath(package_path)
@@ -87,7 +102,16 @@ def aoti_load_package(package_path: str | os.PathLike) -> Callable[..., Any]:
         raise FileNotFoundError(f"mpsk: no package at {path!r}")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"mpsk: {path!r} is not a .pt2 package (not a zip archive)")
+    for_mps = "mps" in package_devices(path)
+    if for_mps and not torch.backends.mps.is_built():
+        raise RuntimeError(
+            f"mpsk: {path!r} was compiled for the mps device, and this torch has no MPS backend; on a machine "
+            f"without a Mac's GPU, run it on the emulated mps device: mps_inductor_ext.emulate_mps_device() "
+            f"(or MPSK_EMULATE_MPS=1) first"
+        )
     if needs_emulated_shim(path) and not emulated_shim.has_native_shim():
         emulated_shim.load()
+    if for_mps and installed():
+        c_shim.load()
     return torch._inductor.aoti_load_package(path)
 

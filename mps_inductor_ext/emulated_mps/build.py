@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -59,33 +60,49 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def library_path() -> Path:
+def cached_path(name: str, source: bytes) -> Path:
+    """Where a library named `name` built from `source` is cached: keyed by the source, the flags,
+    torch's version and the compiler's version."""
     cxx = compiler()
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), "\0".join(_flags()).encode(), torch.__version__.encode(),
-                 _compiler_version(cxx).encode()):
+    for part in (source, "\0".join(_flags()).encode(), torch.__version__.encode(), _compiler_version(cxx).encode()):
         h.update(part)
         h.update(b"\0")
-    return toolchain.cache_dir() / f"emulated-mps-{h.hexdigest()[:32]}.so"
+    return toolchain.cache_dir() / f"{name}-{h.hexdigest()[:32]}.so"
 
 
-def build() -> Path:
-    """The built library's path, compiling it first if it is not cached."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes `path` through a staging file, so no reader ever sees a partial file."""
+    staged = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    staged.write_bytes(data)
+    os.replace(staged, path)
+
+
+def compile_cached(name: str, source: str, what: str) -> Path:
+    """The path of the library built from C++ `source` against libtorch, compiling it if it is not cached."""
     if not sys.platform.startswith("linux"):
-        raise RuntimeError(f"the emulated mps device is built for Linux only, not {sys.platform}")
-    out = library_path()
+        raise RuntimeError(f"{what} is built for Linux only, not {sys.platform}")
+    out = cached_path(name, source.encode())
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mpsk-device-") as tmp:
-        tmp_out = Path(tmp) / "device.so"
-        proc = subprocess.run(
-            [compiler(), *_flags()[:5], str(SOURCE), *_flags()[5:], "-o", str(tmp_out)],
-            capture_output=True, text=True, check=False,
-        )
+    flags = _flags()
+    with tempfile.TemporaryDirectory(prefix=f"mpsk-{name}-") as tmp:
+        src, tmp_out = Path(tmp) / f"{name}.cpp", Path(tmp) / f"{name}.so"
+        src.write_text(source)
+        # Sources before libraries: the link flags (from index 5 on) must follow the object.
+        proc = subprocess.run([compiler(), *flags[:5], str(src), *flags[5:], "-o", str(tmp_out)],
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"building the emulated mps device failed:\n{proc.stderr.strip()[-4000:]}")
-        staged = out.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_bytes(tmp_out.read_bytes())
-        os.replace(staged, out)
+            raise RuntimeError(f"building {what} failed:\n{proc.stderr.strip()[-4000:]}")
+        write_atomically(out, tmp_out.read_bytes())
     return out
+
+
+def library_path() -> Path:
+    return cached_path("emulated-mps", SOURCE.read_bytes())
+
+
+def build() -> Path:
+    """The built device library's path, compiling it first (some fifteen seconds) if it is not cached."""
+    return compile_cached("emulated-mps", SOURCE.read_text(), "the emulated mps device")

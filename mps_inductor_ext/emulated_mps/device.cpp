@@ -16,9 +16,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/detail/MPSHooksInterface.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/is_set_to_native.h>
+#include <ATen/ops/set_native.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -359,6 +362,30 @@ at::Tensor _copy_from_and_resize(const at::Tensor& self, const at::Tensor& dst) 
   return dst;
 }
 
+// set_ and is_set_to act on the mps tensor and storage themselves: on host views they would mix
+// devices (set_) or compare the views' storages instead of the tensors' (is_set_to).
+at::Tensor& set_storage(at::Tensor& self, at::Storage source, int64_t offset, c10::IntArrayRef size,
+                        c10::IntArrayRef stride) {
+  return at::native::set_storage_cpu_(self, std::move(source), offset, size, stride);
+}
+
+at::Tensor& set_whole_storage(at::Tensor& self, at::Storage source) {
+  const int64_t n = static_cast<int64_t>(source.nbytes()) / static_cast<int64_t>(self.dtype().itemsize());
+  return at::native::set_storage_cpu_(self, std::move(source), 0, {n}, {});
+}
+
+at::Tensor& set_tensor(at::Tensor& self, const at::Tensor& source) {
+  return at::native::set_storage_cpu_(self, source.storage(), source.storage_offset(), source.sizes(),
+                                      source.strides());
+}
+
+at::Tensor& set_empty(at::Tensor& self) {
+  c10::Storage empty(c10::Storage::use_byte_size_t(), 0, g_allocator.allocate(0), &g_allocator, /*resizable=*/true);
+  return at::native::set_storage_cpu_(self, std::move(empty), 0, {0}, {});
+}
+
+bool is_set_to(const at::Tensor& self, const at::Tensor& tensor) { return at::native::is_set_to(self, tensor); }
+
 // -- scaled_dot_product_attention as a Mac decomposes it -------------------------------------
 
 std::atomic<int> g_macos_major{15}, g_macos_minor{0};
@@ -422,6 +449,28 @@ std::tuple<at::Tensor, at::Tensor> sdpa_math_for_mps(const at::Tensor& query, co
   return {views.to_device(out.contiguous()), views.to_device(attn)};
 }
 
+// -- AOTInductor packages for mps ---------------------------------------------------------
+// libtorch registers a model runner per device type, and the MPS one only on macOS. The Mac's is the
+// generic runner with device "mps" (model_container_runner_mps.h); so is this one.
+class MpsModelRunner final : public torch::inductor::AOTIModelContainerRunner {
+ public:
+  MpsModelRunner(const std::string& model_so_path, size_t num_models, const std::string& device_str,
+                 const std::string& bin_dir, bool run_single_threaded)
+      : AOTIModelContainerRunner(model_so_path, num_models, device_str, bin_dir, run_single_threaded) {}
+};
+
+std::unique_ptr<torch::inductor::AOTIModelContainerRunner> create_mps_runner(const std::string& model_so_path,
+                                                                             size_t num_models,
+                                                                             const std::string& device_str,
+                                                                             const std::string& bin_dir,
+                                                                             const bool run_single_threaded) {
+  TORCH_CHECK(device_str == "mps" || device_str.rfind("mps:", 0) == 0,
+              "emulated mps: an mps model runner got device ", device_str);
+  return std::make_unique<MpsModelRunner>(model_so_path, num_models, device_str, bin_dir, run_single_threaded);
+}
+
+const torch::inductor::RegisterAOTIModelRunner g_register_mps_runner("mps", &create_mps_runner);
+
 }  // namespace
 
 // The registry is consulted once, on the first at::detail::getMPSHooks(); whether that was
@@ -439,6 +488,11 @@ TORCH_LIBRARY_IMPL(aten, MPS, m) {
   m.impl("_copy_from", &_copy_from);
   m.impl("_copy_from_and_resize", &_copy_from_and_resize);
   m.impl("_scaled_dot_product_attention_math_for_mps", &sdpa_math_for_mps);
+  m.impl("set_.source_Storage_storage_offset", &set_storage);
+  m.impl("set_.source_Storage", &set_whole_storage);
+  m.impl("set_.source_Tensor", &set_tensor);
+  m.impl("set_", &set_empty);
+  m.impl("is_set_to", &is_set_to);
 }
 
 TORCH_LIBRARY_IMPL(aten, AutogradMPS, m) { m.impl("scaled_dot_product_attention", &sdpa_mps); }

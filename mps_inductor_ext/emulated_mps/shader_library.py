@@ -67,16 +67,25 @@ class MpsKernel:
         return repr(self._kernel)
 
 
-class MpsLibrary:
-    """What torch._C._mps_compileShader returns, on the emulator. `origin` ("mpsk" for a library the
-    shader runtime compiled for this project's ops, else "inductor") files its launches."""
+# The name Inductor's MPS codegen gives every Metal kernel it writes: `generated_kernel_<n>` in its
+# Python wrapper's libraries, `generated_kernel` in its C++ wrapper's (cpp_wrapper_mps.py).
+INDUCTOR_KERNEL_PREFIX = "generated_kernel"
 
-    def __init__(self, lib, origin: str):
-        self._lib, self._origin = lib, origin
+
+class MpsLibrary:
+    """What torch._C._mps_compileShader returns, on the emulator. Its launches are filed as Inductor's
+    (a kernel named by Inductor's codegen) or as this project's (a library the shader runtime compiled,
+    which is also how the emulated AOTI shim compiles every library), else as Inductor's."""
+
+    def __init__(self, lib, for_runtime: bool):
+        self._lib, self._for_runtime = lib, for_runtime
 
     def __getattr__(self, name: str):
         value = getattr(self._lib, name)
-        return MpsKernel(value, self._origin) if isinstance(value, EmulatedKernel) else value
+        if not isinstance(value, EmulatedKernel):
+            return value
+        origin = "inductor" if name.startswith(INDUCTOR_KERNEL_PREFIX) or not self._for_runtime else "mpsk"
+        return MpsKernel(value, origin)
 
     def __dir__(self) -> list[str]:
         return dir(self._lib)
@@ -84,5 +93,4 @@ class MpsLibrary:
 
 def compile_mps_shader(source: str) -> MpsLibrary:
     """torch._C._mps_compileShader's stand-in (torch.mps.compile_shader has inlined torch's headers)."""
-    origin = "mpsk" if mps_backend.compiling_for_runtime() else "inductor"
-    return MpsLibrary(compile_shader(source), origin)
+    return MpsLibrary(compile_shader(source), mps_backend.compiling_for_runtime())

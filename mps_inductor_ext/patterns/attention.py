@@ -218,7 +218,13 @@ def _checks(anchor: Node, q: object, k: object, v: object, mask: object) -> str 
             return f"the mask: {why}"
     target = (qt.shape[0], Hq, qt.shape[2], kt.shape[2])
     tail = target[len(target) - m.dim():] if m.dim() else ()
-    if m.dim() > 4 or not all(_same(s, 1) or _same(s, t) for s, t in zip(m.shape, tail, strict=True)):
+    # A mask size that is a size symbol (never 1: Dynamo specializes sizes 0 and 1) and not provably
+    # different from its target is equal to it at run time, or the model's own SDPA would fail; the
+    # op's fake implementation guards that equality.
+    def fits(s, t) -> bool:
+        return _same(s, 1) or _same(s, t) or (statically_known_true(s >= 2) and not _differ(s, t))
+
+    if m.dim() > 4 or not all(fits(s, t) for s, t in zip(m.shape, tail, strict=True)):
         return f"a mask of shape {tuple(m.shape)} does not broadcast to (B, Hq, Sq, Skv)"
     if m.device != qt.device:
         return f"the mask is on {m.device} but q is on {qt.device}"

@@ -236,13 +236,18 @@ def drop_metadata_checks(graph: Graph) -> None:
 
 
 def erase_dead(graph: Graph, nodes: Sequence[Node]) -> None:
-    """Removes the matched nodes nothing uses any more (users first)."""
+    """Removes the matched nodes nothing uses any more (users first).
+
+    A node counts as pure here even when its op may draw random numbers (SDPA is tagged so for its
+    dropout): the patterns match only calls that draw none, and a dead call left in the graph is
+    not removed later either (an `mps` graph turns it into an extern call that runs every time).
+    """
     pending = list(dict.fromkeys(nodes))
     changed = True
     while changed:
         changed = False
         for n in reversed(pending):
-            if not n.users and n.op in ("call_function", "call_method") and not n.is_impure():
+            if not n.users and n.op in ("call_function", "call_method") and not n.is_impure(impure_random=False):
                 graph.erase_node(n)
                 pending.remove(n)
                 changed = True

@@ -53,3 +53,23 @@ def test_each_launch_of_the_plans_ran_once_from_the_generated_wrapper(results):
     # Launched by the code Inductor wrote for the mps device, not by the ops run eagerly.
     assert code.count(".run_command_block(") == len(expected_plans())
     assert code.count(", 'mps', strict=True)") == len({launch.source for launch in expected_plans().values()})
+
+
+@pytest.mark.slow
+def test_the_cpp_wrapper_runs_as_an_aoti_package(results, tmp_path):
+    """The same graph through AOTInductor: its C++ wrapper's launches (the AOTI MPS shim calls the
+    codegen test compiles) run on the device and give the same outputs."""
+    expected, _, _, _ = results
+    args = [t.to("mps") for t in make_inputs()]
+
+    class Graph(torch.nn.Module):
+        def forward(self, *a):
+            return model(*a)
+
+    with mpsk.config.patch(attention=POLICY):
+        path = mpsk.aoti_compile_and_package(Graph(), tuple(args), tmp_path / "codegen.pt2")
+    with mpsk.count_launches() as launches:
+        got = mpsk.aoti_load_package(path)(*args)
+    assert launches.mpsk_kernels == len(expected_plans()), launches.summary()
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(g.cpu(), e, rtol=TOL, atol=TOL, msg=lambda m, i=i: f"output {i}: {m}")

@@ -20,6 +20,8 @@ def test_torch_sees_an_mps_device():
     # libtorch's own view: its MPS hooks, the accelerator API and the device guard.
     assert emulated_mps.hooks_active()
     assert torch.accelerator.current_accelerator().type == "mps"
+    # Inductor picks its GPU helpers (device interface, C++ wrapper driver header) by this.
+    assert torch._inductor.utils.get_gpu_type() == "mps"
     with torch.device("mps"):
         assert torch.empty(1).device == torch.device("mps", 0)
     torch.mps.synchronize()

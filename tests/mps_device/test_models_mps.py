@@ -124,8 +124,7 @@ def greedy(model, ids: torch.Tensor) -> list[int]:
     return out[0].tolist()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma"])
+@pytest.mark.parametrize("name", CASES)
 def test_greedy_generation_with_a_static_cache_gives_eagers_tokens(name):
     model = build(name, "sdpa").eval()
     ids = inputs(6, seed=7)
