@@ -284,18 +284,26 @@ static AOTIMetalKernelFunctionHandle {fn}() {{
 """)
 
     def launch(self, i: int, launch: KernelLaunch, tensors: Mapping[str, str]) -> None:
+        """The shim calls inside the block return error codes that a Mac's run_command_block does not
+        see (it succeeds though nothing ran), so the block keeps the first failure and the call site
+        checks it after the block."""
         w, fn = self.wrapper, self.function(launch)
         block = f"{self.prefix}_block{i}"
+        status = f"{block}_status"
+        w.writeline(f"AOTITorchError {status} = AOTI_TORCH_SUCCESS;")
         w.writeline(f"auto {block} = [&](AOTIMetalKernelFunctionHandle handle) {{")
-        w.writeline("    aoti_torch_mps_start_encoding(handle);")
+        w.writeline(f"    auto check = [&](AOTITorchError e) {{ if ({status} == AOTI_TORCH_SUCCESS) {status} = e; }};")
+        w.writeline("    check(aoti_torch_mps_start_encoding(handle));")
         for idx, kind, value in self.bindings(launch, tensors):
-            w.writeline(f"    aoti_torch_mps_set_arg_{kind}(handle, {idx}, {value});")
+            w.writeline(f"    check(aoti_torch_mps_set_arg_{kind}(handle, {idx}, {value}));")
         ndim = len(launch.threads)
         for var, sizes in (("threads", launch.threads), ("group_size", launch.group_size)):
             values = ", ".join(f"static_cast<uint64_t>({self.sizevar(v)})" for v in sizes)
             w.writeline(f"    uint64_t {var}[] = {{{values}}};")
-        w.writeline(f"    aoti_torch_mps_dispatch_array_with_group_size(handle, threads, {ndim}, group_size, {ndim});")
+        w.writeline(f"    check(aoti_torch_mps_dispatch_array_with_group_size(handle, threads, {ndim}, group_size, "
+                    f"{ndim}));")
         w.writeline("};")
         w.writeline(f"std::function<void(AOTIMetalKernelFunctionHandle)> {block}_function = {block};")
         w.writeline(f"AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_mps_run_command_block({fn}(), "
                     f"aoti_torch_mps_shared_callback, &{block}_function));")
+        w.writeline(f"AOTI_TORCH_ERROR_CODE_CHECK({status});")

@@ -81,11 +81,14 @@ def cpp_launches(code: str) -> list[Launch]:
     for block, body, fn in re.findall(pattern, code, re.S):
         lib, kernel = fns[fn]
         args = [(int(i), kind, _unwrap_int(v)) for kind, i, v in re.findall(
-            r"aoti_torch_mps_set_arg_(tensor|int)\(handle, (\d+), (.+?)\);$", body, re.M)]
+            r"check\(aoti_torch_mps_set_arg_(tensor|int)\(handle, (\d+), (.+?)\)\);$", body, re.M)]
         threads = re.search(r"uint64_t threads\[\] = \{(.*)\};", body).group(1)
         group = re.search(r"uint64_t group_size\[\] = \{(.*)\};", body).group(1)
         ndim = len(threads.split(", "))
-        assert f"dispatch_array_with_group_size(handle, threads, {ndim}, group_size, {ndim});" in body, body
+        assert f"check(aoti_torch_mps_dispatch_array_with_group_size(handle, threads, {ndim}, group_size, {ndim}));" \
+            in body, body
+        # The call site checks what the block's calls returned (a Mac's run_command_block does not).
+        assert re.search(rf"AOTI_TORCH_ERROR_CODE_CHECK\({block}_status\);", code), block
         launches.append(Launch(block, kernel, libs[lib], args, [_unwrap_int(t) for t in threads.split(", ")],
                                [_unwrap_int(g) for g in group.split(", ")]))
     return launches

@@ -184,3 +184,25 @@ def test_loading_a_file_that_is_not_a_package(tmp_path):
     bogus.write_text("not a zip")
     with pytest.raises(ValueError, match="not a .pt2 package"):
         mpsk.aoti_load_package(bogus)
+
+
+def test_a_failed_launch_is_reported_where_a_mac_would_hide_it(tmp_path, monkeypatch):
+    """A Mac's run_command_block succeeds though a shim call inside it failed (its codes are ignored),
+    so a launch that did not run would pass silently. The launch site checks every call's code."""
+    from mps_inductor_ext.shaders.runtime import KernelFunction
+
+    from mps_inductor_ext.aoti import emulated_shim
+
+    model, x = Norm(), torch.randn(3, 32)
+    with mpsk.config.patch(emulate_metal=True):
+        path = mpsk.aoti_compile_and_package(model, (x,), tmp_path / "norm.pt2")
+    loaded = mpsk.aoti_load_package(path)
+    torch.testing.assert_close(loaded(x), model(x), rtol=TOL, atol=TOL)
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("group size above the pipeline's maxTotalThreadsPerThreadgroup")
+
+    monkeypatch.setattr(KernelFunction, "dispatch", refuse)
+    with emulated_shim.mac_faithful(), pytest.raises(RuntimeError):
+        loaded(x)
+    assert "maxTotalThreadsPerThreadgroup" in emulated_shim.last_error()

@@ -356,6 +356,21 @@ def test_first_failure_in_a_block_is_the_reported_one(shim, lib):
     assert "before start_encoding" in emulated_shim.last_error()
 
 
+def test_mac_faithful_mode_does_not_fail_the_block(shim, lib):
+    """As on a Mac: the calls inside report their errors, the block itself succeeds."""
+    fn = shim.kernel(lib, b"axpb")
+
+    def body(h):
+        shim.start_encoding(h)
+        shim.dispatch_single(h, 4)  # arguments missing
+
+    assert shim.run(fn, body) != 0
+    with emulated_shim.mac_faithful():
+        assert shim.run(fn, body) == 0
+        assert shim.failed() == ["dispatch_single"]
+    assert shim.run(fn, body) != 0  # and back to failing the block
+
+
 def test_calls_outside_a_block_and_null_handles(shim, lib):
     fn = shim.kernel(lib, b"axpb")
     assert shim.dll.aoti_torch_mps_start_encoding(fn) != 0

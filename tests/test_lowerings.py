@@ -276,3 +276,16 @@ def test_off_metal_every_op_compiles_to_inductor_code():
     assert "torch.ops.mpsk" not in code and "ShaderLibrary" not in code
     for g, r in zip(got, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=TOL, atol=TOL)
+
+
+def test_specialized_sources_include_the_metal_headers_before_any_define():
+    """A `#define VEC 4` ahead of `#include <metal_stdlib>` would rewrite every identifier VEC inside
+    Apple's headers; the constants come after the standard library is in."""
+    from mps_inductor_ext.ops import launch, norm
+
+    plan = norm.norm_plan("rms_norm", torch.float32, 4, 256, 256, 256, has_weight=True, has_bias=False, eps=1e-6,
+                          vector_ok=True, policy=mpsk.config.norm)
+    source = plan.launches[0].source
+    assert source.index("#include <metal_stdlib>") < source.index("#define ")
+    assert launch.specialize("kernel void k() {}", {"VEC": 4}).splitlines()[:2] == [
+        "#include <metal_stdlib>", "#define VEC 4"]

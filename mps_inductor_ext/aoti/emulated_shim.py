@@ -23,7 +23,9 @@ Where this shim differs from, or adds to, the Mac's:
 - Errors (a SyntaxError from a compile, a KernelError from a launch, a ValueError or TypeError from
   a bad launch) are non-zero returns; the message is `last_error()` (C: `mpsk_shim_last_error()`),
   per thread. `aoti_torch_mps_run_command_block` also fails when any call inside its block failed,
-  keeping the first failure's message: the generated code checks none of the inner calls.
+  keeping the first failure's message, so code that checks none of the inner calls (Inductor's own
+  launches) still fails here. A Mac's does not: `mac_faithful()` switches to its behaviour, where only
+  code that checks the inner calls' codes (as this project's launch sites do) sees the failure.
 - `aoti_torch_mps_shared_callback` reads the std::function the generated code passes with
   libstdc++'s layout, since AOTInductor builds models on Linux with g++
   (torch._inductor.cpp_builder). Code built against libc++ (e.g. by zig's clang) must pass its own
@@ -343,6 +345,8 @@ def _declare(dll: ctypes.CDLL) -> None:
     dll.mpsk_shim_set_error.argtypes = [ctypes.c_char_p]
     dll.mpsk_shim_set_error.restype = None
     dll.mpsk_shim_invoke_block.argtypes = [ctypes.c_void_p, _U64, ctypes.c_void_p]
+    dll.mpsk_shim_set_mac_faithful.argtypes = [ctypes.c_int]
+    dll.mpsk_shim_set_mac_faithful.restype = None
     dll.mpsk_shim_invoke_block.restype = None
 
 
@@ -377,6 +381,17 @@ def load() -> ctypes.CDLL:
         atexit.register(dll.mpsk_shim_install, None)
         _loaded = (dll, runtime)
         return dll
+
+
+@contextmanager
+def mac_faithful() -> Iterator[None]:
+    """Inside the block, run_command_block succeeds whatever the calls inside it returned, as on a Mac."""
+    dll = load()
+    dll.mpsk_shim_set_mac_faithful(1)
+    try:
+        yield
+    finally:
+        dll.mpsk_shim_set_mac_faithful(0)
 
 
 def last_error() -> str:

@@ -59,6 +59,8 @@ struct MpskShimCallbacks {
 static MpskShimCallbacks g_callbacks;
 static int g_installed;  // read and written with __atomic builtins
 
+static int g_mac_faithful;  // read and written with __atomic builtins
+
 static thread_local char t_error[4096];
 static thread_local int t_block_depth;    // run_command_block nesting on this thread
 static thread_local int t_block_failed;   // a call inside the innermost block failed
@@ -115,6 +117,11 @@ MPSK_EXPORT const char* mpsk_shim_last_error() { return t_error; }
 
 // Called by the Python callbacks before they return non-zero.
 MPSK_EXPORT void mpsk_shim_set_error(const char* message) { set_error(message ? message : "unknown error"); }
+
+// Mac-faithful mode on (1) or off (0): failed calls inside a command block no longer fail the block.
+MPSK_EXPORT void mpsk_shim_set_mac_faithful(int enabled) {
+  __atomic_store_n(&g_mac_faithful, enabled ? 1 : 0, __ATOMIC_RELEASE);
+}
 
 // The body of a command block, called by the Python runtime from inside run_command_block.
 MPSK_EXPORT void mpsk_shim_invoke_block(void* callback, uint64_t func, void* user_data) {
@@ -239,7 +246,10 @@ MPSK_EXPORT AOTITorchError aoti_torch_mps_run_command_block(
   t_block_depth += 1;
   t_block_failed = 0;
   int32_t rc = cb->run_block(id_of(func), reinterpret_cast<void*>(callback), user_data);
-  int failed = t_block_failed || rc != 0;
+  // A Mac's run_command_block fails only when the block itself throws: the shim calls inside it
+  // return error codes that nothing sees unless the block checks them (the Mac-faithful mode).
+  const int inner_counts = !__atomic_load_n(&g_mac_faithful, __ATOMIC_ACQUIRE);
+  int failed = (t_block_failed && inner_counts) || rc != 0;
   t_block_depth -= 1;
   t_block_failed = outer_failed;
   if (failed && t_block_depth > 0) t_block_failed = 1;

@@ -81,6 +81,9 @@ def ceil_div(a: Size, b: Size) -> Size:
 def specialize(template: str, defines: Mapping[str, object]) -> str:
     """Source for one kernel variant: compile-time constants as #defines ahead of the template.
 
+    `<metal_stdlib>` is included first, so that names such as VEC or EPS cannot rewrite identifiers
+    inside Apple's headers (the template's own include is then a no-op).
+
     Floats are written with `repr` (the shortest exact decimal of the double) and an
     `f` suffix, so the compiler rounds them to float as PyTorch does.
     """
@@ -99,7 +102,7 @@ def specialize(template: str, defines: Mapping[str, object]) -> str:
         else:
             raise TypeError(f"cannot specialize {name} with {type(value).__name__}")
         lines.append(f"#define {name} {text}")
-    return "\n".join(lines) + "\n" + template
+    return "#include <metal_stdlib>\n" + "\n".join(lines) + "\n" + template
 
 
 def _concrete(value: Size, what: str) -> int:
