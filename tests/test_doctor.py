@@ -69,8 +69,9 @@ def test_full_run_covers_every_op_and_exit_status_matches(tmp_path):
     listed = proc.stdout.split("ops under torch.ops.mpsk:", 1)[1].splitlines()[0]
     for op in checks.registered_ops():
         assert op in listed and f"\n{op}: " in proc.stdout
-    any_fail = any(ln.lstrip().startswith("FAIL") for ln in proc.stdout.splitlines())
-    assert proc.returncode == (1 if any_fail else 0), proc.stdout + proc.stderr
+    # Every kernel is right on the emulator: the run passes, and says so line by line.
+    assert not any(ln.lstrip().startswith("FAIL") for ln in proc.stdout.splitlines()), proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_bad_arguments(capsys):

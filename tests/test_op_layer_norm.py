@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close_dtype
+from helpers import launched_variants
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
@@ -59,8 +60,9 @@ def test_offset_mean_is_stable():
 def test_looped_form(cols):
     x = torch.randn(2, cols, generator=gen(4))
     w = torch.randn(cols, generator=gen(5))
-    with config.patch(norm=NormPolicy(threads_per_row=32)):
+    with config.patch(norm=NormPolicy(threads_per_row=32)), launched_variants() as variants:
         got = metal(x, w, None, 1e-5)
+    assert [v.defines["NREG"] for v in variants] == ["0"]  # the looped form ran
     assert_close_dtype(got, reference(x, w, None, 1e-5))
 
 

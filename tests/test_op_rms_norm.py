@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import assert_close_dtype
+from helpers import launched_variants
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
@@ -50,18 +51,22 @@ def test_looped_form_for_rows_longer_than_one_pass(cols):
     """32 threads per row make 1000 columns exceed the register form; 20000 exceeds it at any width."""
     x = torch.randn(2, cols, generator=gen(7))
     w = torch.randn(cols, generator=gen(8))
-    with config.patch(norm=NormPolicy(threads_per_row=32)):
+    with config.patch(norm=NormPolicy(threads_per_row=32)), launched_variants() as variants:
         got = metal(x, w, 1e-6)
+    assert [v.defines["NREG"] for v in variants] == ["0"]  # the looped form ran
     assert_close_dtype(got, reference(x, w, 1e-6))
 
 
 def test_scalar_loads_and_vector_loads_agree():
     x = torch.randn(4, 256, generator=gen(3))
     w = torch.randn(256, generator=gen(4))
-    with config.patch(norm=NormPolicy(vector_width=1)):
+    with config.patch(norm=NormPolicy(vector_width=1)), launched_variants() as variants:
         scalar = metal(x, w, 1e-6)
     assert_close_dtype(scalar, reference(x, w, 1e-6))
-    assert_close_dtype(metal(x, w, 1e-6), reference(x, w, 1e-6))
+    with launched_variants() as vector_variants:
+        vector = metal(x, w, 1e-6)
+    assert_close_dtype(vector, reference(x, w, 1e-6))
+    assert [v.defines["VEC"] for v in variants + vector_variants] == ["1", "4"]
 
 
 def test_storage_offset_and_noncontiguous_inputs():

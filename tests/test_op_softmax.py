@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import TOLERANCES, assert_close_dtype
+from helpers import launched_variants
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
@@ -52,7 +53,10 @@ def test_online_form(log, cols):
     """Rows above online_above, with 32 threads so each thread folds many columns into its running state."""
     x = 4 * torch.randn(4, cols, generator=gen(cols))
     policy = SoftmaxPolicy(online_above=16, threads_per_row=32)
-    assert_close_dtype(metal(x, -1, log, policy), reference(x, -1, log))
+    with launched_variants() as variants:
+        got = metal(x, -1, log, policy)
+    assert [v.defines["NREG"] for v in variants] == ["0"]  # the online form ran
+    assert_close_dtype(got, reference(x, -1, log))
 
 
 @pytest.mark.parametrize("log", [False, True])

@@ -179,3 +179,12 @@ def test_compiled_cross_entropy_reads_lanes_never_launched_and_says_so():
     compiled = torch.compile(model, backend="mpsk")
     with torch.no_grad(), pytest.warns(UndefinedBehaviorWarning, match="simd_shuffle_and_fill_down .* inactive"):
         compiled(input_ids=ids, labels=ids)
+
+
+def test_hugging_face_takes_its_mac_branch():
+    """With MPS available, transformers calls SDPA with enable_gqa=True even under a mask (elsewhere it
+    repeats K/V first): the models above run the graph a Mac builds."""
+    from transformers.integrations import sdpa_attention
+
+    k = v = torch.zeros(1, 2, 5, 16, device="mps")
+    assert sdpa_attention.use_gqa_in_sdpa(torch.ones(1, 1, 5, 5, dtype=torch.bool, device="mps"), k, v)
