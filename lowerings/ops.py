@@ -35,7 +35,8 @@ from ..aoti import emulated_shim
 from ..ops import attention as attention_mod
 from ..ops import norm as norm_mod
 from ..ops import softmax as softmax_mod
-from ..ops.common import METAL_DTYPES
+from ..ops.common import METAL_DTYPES, capped
+from ..ops.launch import fit_to_pipelines
 from ..ops.rope import rope_plan
 from .metal_kernel import MetalKernel
 
@@ -126,11 +127,11 @@ def _norm(kind, op, input, weight, bias, eps, weight_offset):
         tensors["weight"] = (1, None)
     if bias is not None:
         tensors["bias"] = (len(inputs) - 1, None)
-    plan = norm_mod.norm_plan(
+    plan = fit_to_pipelines(lambda cap: norm_mod.norm_plan(
         kind, input.get_dtype(), sympy.Mul(*size[:-1]), cols, cols, cols, has_weight=weight is not None,
         has_bias=bias is not None, eps=eps, weight_offset=weight_offset, vector_ok=_aligned(x, cols),
-        policy=config.norm,
-    )
+        policy=capped(config.norm, cap),
+    ), backend)
     return _kernel(op, input, size, inputs, tensors, plan, backend)
 
 
@@ -145,8 +146,9 @@ def _softmax(op, input, dim, log):
     x = _contiguous(input)
     strides = (cols * inner, inner, 1)
     vector_ok = V.graph.sizevars.statically_known_equals(inner, 1) and _aligned(x, cols)
-    plan = softmax_mod.softmax_plan(input.get_dtype(), outer, cols, inner, strides, strides, log=log,
-                                    vector_ok=vector_ok, policy=config.softmax)
+    plan = fit_to_pipelines(lambda cap: softmax_mod.softmax_plan(
+        input.get_dtype(), outer, cols, inner, strides, strides, log=log, vector_ok=vector_ok,
+        policy=capped(config.softmax, cap)), backend)
     return _kernel(op, input, size, [x], {"x": (0, None)}, plan, backend)
 
 

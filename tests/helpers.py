@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from unittest import mock
 
-from mps_inductor_ext.shaders.runtime import ShaderLibrary
+from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
 _DEFINE = re.compile(r"^#define (\w+) (.*)$", re.M)
 
@@ -23,15 +23,22 @@ class Variant:
 
 @contextlib.contextmanager
 def launched_variants() -> Iterator[list[Variant]]:
-    """Records every kernel the shader runtime hands out for a launch (eager ops and generated code
-    both look kernels up through ShaderLibrary.get_kernel_function), so a test named for a variant
+    """Records every kernel dispatched through the shader runtime (eager ops and generated code both
+    launch there), with the constants its source was specialized with, so a test named for a variant
     (the looped form, vector loads) can assert that variant ran, not only that the output is right."""
     seen: list[Variant] = []
-    real = ShaderLibrary.get_kernel_function
+    variants: dict[int, Variant] = {}
+    real_get, real_dispatch = ShaderLibrary.get_kernel_function, KernelFunction.dispatch
 
-    def spy(self, name, *args, **kwargs):
-        seen.append(Variant(name, dict(_DEFINE.findall(self.source))))
-        return real(self, name, *args, **kwargs)
+    def get(self, name, *args, **kwargs):
+        fn = real_get(self, name, *args, **kwargs)
+        variants[id(fn)] = Variant(name, dict(_DEFINE.findall(self.source)))
+        return fn
 
-    with mock.patch.object(ShaderLibrary, "get_kernel_function", spy):
+    def dispatch(self, *args, **kwargs):
+        seen.append(variants.get(id(self), Variant(self.name, {})))
+        return real_dispatch(self, *args, **kwargs)
+
+    with mock.patch.object(ShaderLibrary, "get_kernel_function", get), \
+            mock.patch.object(KernelFunction, "dispatch", dispatch):
         yield seen

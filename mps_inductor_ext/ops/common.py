@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator
@@ -104,6 +105,11 @@ def vector_aligned(t: torch.Tensor, width: int = 4) -> bool:
     """Whether every row of a (rows, cols) view starts on a `width`-element boundary."""
     rows_ok = t.shape[0] <= 1 or t.stride(0) % width == 0
     return t.shape[-1] % width == 0 and rows_ok and t.storage_offset() % width == 0
+
+
+def capped(policy, max_threads: int):
+    """A row kernel's policy with at most `max_threads` threads per row (see launch.fit_to_pipelines)."""
+    return dataclasses.replace(policy, max_threads_per_row=min(policy.max_threads_per_row, max_threads))
 
 
 DYNAMIC_ROW_THREADS = 256  # threads per row when the row length is symbolic (known only at run time)

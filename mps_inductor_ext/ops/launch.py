@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import sympy
 import torch
 
-from ..shaders import ShaderLibrary
+from ..shaders import ShaderLibrary, mps_backend
 from .common import new_buffer
+
+MAX_GROUP_THREADS = 1024  # Apple GPUs: at most 1024 threads per threadgroup, fewer for some pipelines
 
 Size = int | sympy.Expr
 
@@ -111,6 +113,39 @@ def _concrete(value: Size, what: str) -> int:
     if isinstance(value, sympy.Expr) and value.is_number:
         return int(value)
     raise ValueError(f"{what} is symbolic ({value}); eager launches need concrete sizes")
+
+
+def fit_to_pipelines(build: Callable[[int], LaunchPlan], backend: str) -> LaunchPlan:
+    """The plan `build(max_threads)` makes, with max_threads lowered until each launch's group fits
+    its kernel's pipeline (maxTotalThreadsPerThreadgroup, which Metal knows only once the kernel is
+    compiled and can be below 1024 for a kernel using many registers), as MLX sizes its groups.
+
+    The eager op asks at each call and a lowering at compile time (the Python and C++ wrappers then
+    launch the fitted plan): on a Mac the kernels are compiled where the model is compiled, so a
+    package built on one Apple GPU family and run on another could meet a different limit. Code
+    generated for `mps` where there is none (fake tensors) is fitted to the emulator's pipelines.
+    """
+    probe = backend if backend != "mps" or mps_backend.is_available() else "cpu"
+    cap = MAX_GROUP_THREADS
+    for _ in range(4):  # a smaller group changes the source (loads per thread), hence the limit
+        plan = build(cap)
+        over = []
+        for launch in plan.launches:
+            group = math.prod(launch.group_size)
+            if not isinstance(group, int):
+                continue
+            limit = ShaderLibrary(launch.source, probe, strict=True).get_kernel_function(
+                launch.kernel).max_threads_per_threadgroup
+            if group > limit:
+                over.append((launch.kernel, group, limit))
+        if not over:
+            return plan
+        kernel, group, limit = min(over, key=lambda o: o[2])
+        if limit // 32 * 32 >= cap or limit < 32:
+            raise RuntimeError(f"mpsk: kernel '{kernel}' takes at most {limit} threads per threadgroup, and its "
+                               f"launch plan cannot use fewer than {group}")
+        cap = limit // 32 * 32
+    raise RuntimeError("mpsk: no launch plan fits its kernels' thread limits")
 
 
 def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str) -> None:

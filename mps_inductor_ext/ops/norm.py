@@ -12,6 +12,7 @@ from ..shaders import load_source
 from .common import (
     METAL_DTYPES,
     as_rows,
+    capped,
     check_eps,
     check_finite,
     check_like,
@@ -21,7 +22,7 @@ from .common import (
     threads_per_row,
     vector_aligned,
 )
-from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, run_plan, specialize
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, run_plan, specialize
 
 MAX_REGISTER_LOADS = 4  # loads per thread kept in registers before the looped form takes over
 
@@ -75,11 +76,11 @@ def _run_metal(kind, x, weight, bias, eps, weight_offset, backend) -> torch.Tens
     out = new_buffer((rows, cols), x.dtype, x.device)
     if rows == 0 or cols == 0:
         return out.view(x.shape)
-    plan = norm_plan(
+    plan = fit_to_pipelines(lambda cap: norm_plan(
         kind, x.dtype, rows, cols, rows_in.stride(0), out.stride(0),
         has_weight=weight is not None, has_bias=bias is not None, eps=eps, weight_offset=weight_offset,
-        vector_ok=vector_aligned(rows_in), policy=config.norm,
-    )
+        vector_ok=vector_aligned(rows_in), policy=capped(config.norm, cap),
+    ), backend)
     tensors = {"out": out, "x": rows_in}
     if weight is not None:
         tensors["weight"] = weight.contiguous()

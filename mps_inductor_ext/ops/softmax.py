@@ -10,8 +10,8 @@ import torch
 from .. import config
 from ..config import SoftmaxPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_tensor, metal_backend, new_buffer, threads_per_row, vector_aligned
-from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, run_plan, specialize
+from .common import METAL_DTYPES, capped, check_tensor, metal_backend, new_buffer, threads_per_row, vector_aligned
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, run_plan, specialize
 
 MAX_REGISTER_LOADS = 8  # loads per thread kept in registers; longer rows take the online form
 
@@ -70,8 +70,9 @@ def _run_metal(x: torch.Tensor, dim: int, log: bool, backend: str) -> torch.Tens
     except RuntimeError:
         x3 = x.contiguous().view(outer, cols, inner)
     out3 = out.view(outer, cols, inner)
-    plan = softmax_plan(x.dtype, outer, cols, inner, x3.stride(), out3.stride(), log=log,
-                        vector_ok=vector_ok(x3), policy=config.softmax)
+    plan = fit_to_pipelines(lambda cap: softmax_plan(x.dtype, outer, cols, inner, x3.stride(), out3.stride(), log=log,
+                                                     vector_ok=vector_ok(x3), policy=capped(config.softmax, cap)),
+                            backend)
     run_plan(plan, {"out": out3, "x": x3}, backend)
     return out
 

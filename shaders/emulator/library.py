@@ -13,6 +13,7 @@ memory (`threadgroup_memory={k: nbytes}`), and buffers bound by index with holes
 from __future__ import annotations
 
 import ctypes
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +26,25 @@ from .prepass import DISPATCH_ATTRIBUTES
 from .staging import RED_ZONE, Staged, extent, only_atomic_rounding, stray_write_message
 
 MAX_THREADS_PER_THREADGROUP = abi.MAX_THREADS_PER_THREADGROUP
+THREAD_LIMIT_VARIABLE = "MPSK_EMULATOR_MAX_THREADS"
+
+
+def pipeline_thread_limit() -> int:
+    """The maxTotalThreadsPerThreadgroup every pipeline reports (and every launch is held to): 1024,
+    or $MPSK_EMULATOR_MAX_THREADS. A Mac's pipeline may report less than 1024 for a kernel that uses
+    many registers (640-896 is seen for heavy kernels), so code that sizes groups without asking the
+    kernel is tested at lower limits with this."""
+    raw = os.environ.get(THREAD_LIMIT_VARIABLE, "").strip()
+    if not raw:
+        return MAX_THREADS_PER_THREADGROUP
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 32 <= value <= MAX_THREADS_PER_THREADGROUP or value % 32:
+        raise ValueError(f"{THREAD_LIMIT_VARIABLE} must be a multiple of 32 from 32 to "
+                         f"{MAX_THREADS_PER_THREADGROUP}, got {raw!r}")
+    return value
 SIMD_WIDTH = abi.SIMD_WIDTH
 
 
@@ -80,13 +100,13 @@ class EmulatedKernel:
         ]
         self.buffers = sorted((p for p in self.params if p.kind == "buffer"), key=lambda p: p.index)
         self.threadgroup_params = sorted(p.index for p in self.params if p.kind == "threadgroup")
-        self._max_threads = min(MAX_THREADS_PER_THREADGROUP, dll.mpsk_entry_max_threads(entry))
+        self._declared_max_threads = dll.mpsk_entry_max_threads(entry)  # [[max_total_threads_per_threadgroup]]
         self._tgmem = dll.mpsk_entry_tgmem(entry)
         self._fibers = False
 
     @property
     def max_threads_per_threadgroup(self) -> int:
-        return self._max_threads
+        return min(pipeline_thread_limit(), self._declared_max_threads)
 
     @property
     def thread_execution_width(self) -> int:
@@ -198,15 +218,16 @@ class EmulatedKernel:
                 f"kernel '{self.name}': threads has {len(threads)} dimensions but group_size has "
                 f"{len(group_size)}"
             )
+        limit = self.max_threads_per_threadgroup
         if group_size is None:
-            group_size = [min(threads[0], self._max_threads)] if len(threads) == 1 else [self._max_threads]
+            group_size = [min(threads[0], limit)] if len(threads) == 1 else [limit]
         grid = list(threads) + [1] * (3 - len(threads))
         group = list(group_size) + [1] * (3 - len(group_size))
         total = group[0] * group[1] * group[2]
-        if total > self._max_threads:
+        if total > limit:
             raise ValueError(
                 f"kernel '{self.name}': threadgroup size {group_size} ({total} threads) exceeds the "
-                f"kernel's limit of {self._max_threads}"
+                f"kernel's limit of {limit} (its pipeline's maxTotalThreadsPerThreadgroup)"
             )
         return grid, group
 
