@@ -43,3 +43,13 @@ def test_refuses_a_torch_with_its_own_mps(monkeypatch):
 def test_count_launches_needs_the_device():
     with pytest.raises(RuntimeError, match="needs the emulated mps device"), mpsk.count_launches():
         pass
+
+
+def test_installing_after_libtorch_read_its_hooks_warns():
+    late = ("import warnings, torch\ntorch.backends.mps.is_available()\nimport mps_inductor_ext as mpsk\n"
+            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+            "    mpsk.emulate_mps_device()\nprint(mpsk.emulated_mps.hooks_active(), [str(x.message) for x in w])")
+    proc = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, check=False,
+                          env={**os.environ, "MPSK_EMULATE_MPS": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("False") and "had already read its MPS hooks" in proc.stdout

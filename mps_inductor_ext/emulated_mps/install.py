@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 
 import torch
 
@@ -114,6 +115,14 @@ def emulate_mps_device(mac: str = DEFAULT_MAC, macos: tuple[int, int] = DEFAULT_
         launches.attach(lib)
         _installed.update(lib=lib, mac=mac, macos=macos, path=path)
         _patch_python(mac, macos)
+    if not hooks_active():
+        warnings.warn(
+            "the emulated mps device is installed, but libtorch had already read its MPS hooks (something called "
+            "torch.backends.mps.is_available() first), so torch.accelerator and autograd (training) do not see "
+            "the device; install it first thing, or set MPSK_EMULATE_MPS=1 before importing mps_inductor_ext",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def hooks_active() -> bool:
