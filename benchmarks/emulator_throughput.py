@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_seconds  # noqa: E402
+
 from mps_inductor_ext.shaders import compile_shader, load_source  # noqa: E402
 
 SCALE = """

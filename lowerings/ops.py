@@ -40,8 +40,6 @@ from ..ops.launch import fit_to_pipelines
 from ..ops.rope import rope_plan
 from .metal_kernel import MetalKernel
 
-OPS = ("rms_norm", "layer_norm", "softmax", "rope", "attention")
-
 
 def _backend(x) -> str | None:
     """Shader backend for a lowered op on `x`, mirroring ops.common.metal_backend at compile time.

@@ -2,9 +2,9 @@ import os
 
 import pytest
 import torch
-from mps_inductor_ext.shaders import compile_shader
 
 from mps_inductor_ext import emulated_mps
+from mps_inductor_ext.shaders import compile_shader
 
 # A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
 # its MPS hooks before the emulated device (tests/mps_device) can register its own.

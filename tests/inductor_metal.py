@@ -15,7 +15,6 @@ import re
 import types
 
 import torch
-from mps_inductor_ext.shaders import compile_shader
 from torch._dynamo.source import ConstantSource
 from torch._inductor.debug import DebugContext
 from torch._inductor.decomposition import select_decomp_table
@@ -25,6 +24,8 @@ from torch._inductor.virtualized import V
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+from mps_inductor_ext.shaders import compile_shader
 
 # torch.backends.mps.get_core_count is absent in the CPU build, and Inductor's split
 # reductions depend on it: pin the GPU core count of a named Mac (Apple M1, 8-core GPU).

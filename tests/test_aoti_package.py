@@ -189,9 +189,8 @@ def test_loading_a_file_that_is_not_a_package(tmp_path):
 def test_a_failed_launch_is_reported_where_a_mac_would_hide_it(tmp_path, monkeypatch):
     """A Mac's run_command_block succeeds though a shim call inside it failed (its codes are ignored),
     so a launch that did not run would pass silently. The launch site checks every call's code."""
-    from mps_inductor_ext.shaders.runtime import KernelFunction
-
     from mps_inductor_ext.aoti import emulated_shim
+    from mps_inductor_ext.shaders.runtime import KernelFunction
 
     model, x = Norm(), torch.randn(3, 32)
     with mpsk.config.patch(emulate_metal=True):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import nan_like
-from mps_inductor_ext.shaders import runtime
-from mps_inductor_ext.shaders.emulator import toolchain
 
 from mps_inductor_ext.aoti import emulated_shim
+from mps_inductor_ext.shaders import runtime
+from mps_inductor_ext.shaders.emulator import toolchain
 
 GEN = torch.Generator().manual_seed(0)
 

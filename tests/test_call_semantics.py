@@ -6,6 +6,7 @@ the emulator's binding against torch's own semantics rather than against itself.
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import compile_shader
 
 SRC = """

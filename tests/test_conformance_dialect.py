@@ -8,6 +8,7 @@ Conversions"); only as_type reinterprets bits.
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import compile_shader
 
 H = "#include <metal_stdlib>\nusing namespace metal;\n"

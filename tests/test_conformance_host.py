@@ -6,6 +6,7 @@ a built library share, checked against a library."""
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import KernelError, compile_shader
 from mps_inductor_ext.shaders.emulator import abi
 from mps_inductor_ext.shaders.errors import UndefinedBehaviorWarning

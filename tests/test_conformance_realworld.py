@@ -4,6 +4,7 @@ and checked for its result, not only that it compiles."""
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import compile_shader
 
 H = "#include <metal_stdlib>\nusing namespace metal;\n"

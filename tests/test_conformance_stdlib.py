@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import KernelError, compile_shader
 
 H = "#include <metal_stdlib>\nusing namespace metal;\n"

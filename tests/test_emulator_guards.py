@@ -6,6 +6,7 @@ not trip it, so a guard that fires on everything cannot pass.
 
 import pytest
 import torch
+
 from mps_inductor_ext.shaders import KernelError, compile_shader
 
 H = "#include <metal_stdlib>\nusing namespace metal;\n"

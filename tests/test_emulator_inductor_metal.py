@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from inductor_metal import generate_mps_wrapper, metal_kernels, run_mps_wrapper
+
 from mps_inductor_ext.shaders import KernelError
 from mps_inductor_ext.shaders.errors import UndefinedBehaviorWarning
 

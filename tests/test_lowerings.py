@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TOLERANCES
-from mps_inductor_ext.shaders import KernelFunction
 from torch._inductor.utils import run_and_get_code
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext import lowerings
 from mps_inductor_ext.backend import mpsk_backend
 from mps_inductor_ext.ops import attention, norm, rope, softmax
+from mps_inductor_ext.shaders import KernelFunction
 
 HIDDEN, HEADS, HEAD_DIM, CLASSES = 64, 4, 16, 8
 SEQ, SEQ2 = 12, 9  # both above decode_max_q: one prefill variant serves both lengths

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from generated_code import cpp_launches, generate_for_mps, python_launches
-from mps_inductor_ext.shaders import ShaderLibrary
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext import lowerings
@@ -26,6 +25,7 @@ from mps_inductor_ext.aoti import emulated_shim
 from mps_inductor_ext.config import AttentionPolicy
 from mps_inductor_ext.ops import attention, norm, rope, softmax
 from mps_inductor_ext.ops.launch import IntArg, TensorArg
+from mps_inductor_ext.shaders import ShaderLibrary
 
 F32, BOOL = torch.float32, torch.bool
 B, H, HKV, S, D = 2, 4, 2, 12, 16

@@ -26,9 +26,9 @@ from unittest import mock
 import pytest
 import torch
 from conftest import TOLERANCES
-from mps_inductor_ext.shaders.runtime import KernelFunction
 
 import mps_inductor_ext as mpsk
+from mps_inductor_ext.shaders.runtime import KernelFunction
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close_dtype
-from mps_inductor_ext.shaders import ShaderLibrary
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
@@ -20,6 +19,7 @@ from mps_inductor_ext import config
 from mps_inductor_ext.config import AttentionPolicy
 from mps_inductor_ext.ops import attention as attention_mod
 from mps_inductor_ext.ops.common import poisoned_outputs
+from mps_inductor_ext.shaders import ShaderLibrary
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TOLERANCES
 from helpers import launched_variants
-from mps_inductor_ext.shaders.emulator.library import THREAD_LIMIT_VARIABLE, pipeline_thread_limit
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.config import NormPolicy
+from mps_inductor_ext.shaders.emulator.library import THREAD_LIMIT_VARIABLE, pipeline_thread_limit
 
 TOL = TOLERANCES[torch.float32]
 LIMITS = (768, 512)

@@ -251,7 +251,6 @@ class Collector:
         self._sources: dict[tuple, str] = {}
         self._graphs: dict[str, _GraphRecord] = {}
         self._hazards: dict[tuple, R.Hazard] = {}
-        self._notes: list[str] = []
         self.active = False
 
     # lifecycle
@@ -343,11 +342,6 @@ class Collector:
         with self._lock:
             self._hazards.setdefault(h.key(), h)
 
-    def add_note(self, note: str) -> None:
-        with self._lock:
-            if note not in self._notes:
-                self._notes.append(note)
-
     # the report
     def report(self) -> R.Report:
         """A snapshot of everything recorded so far."""
@@ -380,7 +374,7 @@ class Collector:
                     replacements=list(g.replacements), near_misses=list(g.near_misses)))
             failed = [f"compilation {cid} of {user_function(str(m.get('co_name')))} did not produce a graph: "
                       f"{_fail_summary(m)}" for cid, m in compiles.items() if m.get("fail_type")]
-            notes = list(self._notes) + failed
+            notes = failed
             breaks = list(self._breaks.values())
         if compiles and not any(g.stages for g in self._graphs.values()):
             notes.append("The backend recorded no graph contents (it does not call diagnostics.record_graph): "

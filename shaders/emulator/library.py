@@ -454,15 +454,6 @@ class EmulatedLibrary:
         """The first undefined (but not erroneous) act of the last launch, or ''."""
         return self._dll.mpsk_undefined_note().decode(errors="replace")
 
-    def attribute_names(self) -> list[str]:
-        """The dispatch attributes the compiled runtime knows, in id order."""
-        out = []
-        i = 0
-        while (name := self._dll.mpsk_attr_name(i)) is not None:
-            out.append(name.decode())
-            i += 1
-        return out
-
 
 _INT_TYPES = {"char", "uchar", "short", "ushort", "int", "uint", "long", "ulong", "int8_t", "uint8_t", "int16_t",
               "uint16_t", "int32_t", "uint32_t", "int64_t", "uint64_t", "size_t"}
