@@ -10,13 +10,12 @@ recorded size for its kernel, dtype and row-length bucket. The file is
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 import torch
 
-from .shaders.emulator.toolchain import cache_dir
+from .shaders.emulator.toolchain import cache_dir, write_atomically
 
 _lock = threading.Lock()
 _memo: dict[str, dict[str, int]] = {}
@@ -75,9 +74,7 @@ def record(kernel: str, dtype: torch.dtype, cols: int, threads: int) -> None:
         table[key] = threads
         target = path()
         target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(staged, target)
+        write_atomically(target, json.dumps(table, indent=1, sort_keys=True).encode())
 
 
 def clear() -> None:

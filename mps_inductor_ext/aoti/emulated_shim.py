@@ -43,7 +43,6 @@ import ctypes
 import functools
 import hashlib
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
@@ -152,9 +151,7 @@ def build() -> Path:
         _clang([*HEADER_CHECK_FLAGS, str(SOURCE), "-o", str(Path(tmp) / "check.o")], tmp)
         tmp_out = Path(tmp) / "shim.so"
         _clang([*COMPILE_FLAGS, str(SOURCE), "-o", str(tmp_out)], tmp)
-        staged = out.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_bytes(tmp_out.read_bytes())
-        os.replace(staged, out)
+        toolchain.write_atomically(out, tmp_out.read_bytes())
     return out
 
 

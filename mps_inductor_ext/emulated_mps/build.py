@@ -2,7 +2,7 @@
 
 It links against libtorch's C++ API, so it needs the compiler libtorch was built with (g++ and
 libstdc++, with torch's `_GLIBCXX_USE_CXX11_ABI`); zig's clang, which links libc++, cannot. A
-build takes one to three minutes; the library is cached beside the emulator's (toolchain.cache_dir())
+build takes about fifteen seconds; the library is cached beside the emulator's (toolchain.cache_dir())
 under a key of the source, the flags, torch's version and the compiler's version.
 """
 
@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import torch
@@ -71,13 +70,6 @@ def cached_path(name: str, source: bytes) -> Path:
     return toolchain.cache_dir() / f"{name}-{h.hexdigest()[:32]}.so"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes `path` through a staging file, so no reader ever sees a partial file."""
-    staged = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    staged.write_bytes(data)
-    os.replace(staged, path)
-
-
 def compile_cached(name: str, source: str, what: str) -> Path:
     """The path of the library built from C++ `source` against libtorch, compiling it if it is not cached."""
     if not sys.platform.startswith("linux"):
@@ -95,7 +87,7 @@ def compile_cached(name: str, source: str, what: str) -> Path:
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"building {what} failed:\n{proc.stderr.strip()[-4000:]}")
-        write_atomically(out, tmp_out.read_bytes())
+        toolchain.write_atomically(out, tmp_out.read_bytes())
     return out
 
 

@@ -178,7 +178,7 @@ def _cached_source() -> str:
         return path.read_text()
     text = source()
     path.parent.mkdir(parents=True, exist_ok=True)
-    device_build.write_atomically(path, text.encode())
+    toolchain.write_atomically(path, text.encode())
     return text
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from . import prepass
@@ -57,6 +58,13 @@ COMPILE_FLAGS = (
     "-Wno-unused-command-line-argument",
     "-Wno-c++17-extensions",
 )
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes `path` through a staging file beside it, so no reader ever sees a partial file."""
+    staged = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    staged.write_bytes(data)
+    os.replace(staged, path)
 
 
 def cache_dir() -> Path:
@@ -218,7 +226,5 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None) -
                 _clang([*compile_args, "-DMPSK_GENERIC_SPACES"], tmp)
             except SyntaxError:
                 raise first from None
-        staged = out.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_bytes(tmp_out.read_bytes())
-        os.replace(staged, out)
+        write_atomically(out, tmp_out.read_bytes())
     return out
