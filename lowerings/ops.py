@@ -1,11 +1,12 @@
-"""One Inductor lowering per mpsk op: a `MetalKernel` built from the op's own plan builder, or a fallback.
+"""One Inductor lowering per op family: an `MpskKernel` rendering the op's own launch, or a fallback.
 
-Each lowering decides from its inputs' device whether the Metal kernel can run (MPS, or CPU
-under `config.emulate_metal`, as `ops.common.metal_backend` decides for the eager op). Where it
-cannot, the op has usually been decomposed into ATen math before lowering (lowerings.decompose);
-what still arrives, and a case below that cannot be planned at compile time, becomes the
-ordinary extern call of the custom op (`make_fallback`-style), whose eager implementation
-launches the kernel itself.
+Each lowering describes its inputs as `Operand`s (contiguous buffers, sizes in the graph's
+expressions) and calls the family's launch function, the one the eager op calls on tensors, so
+launch logic is written once. Whether a kernel can run is `ops.common.metal_runtime`'s answer,
+as for the eager op. Where none can, the op has usually been decomposed into ATen math before
+lowering (lowerings.decompose); what still arrives, and a case below that cannot be planned at
+compile time, becomes the ordinary extern call of the custom op (`make_fallback`-style), whose
+eager implementation launches the kernel itself.
 
 Falls back (documented limits):
 - the C++ wrapper on CPU tensors when the emulated MPS shim cannot be loaded (a libtorch that has
@@ -13,16 +14,11 @@ Falls back (documented limits):
 - a head dim that is symbolic (the attention kernels are specialized on it);
 - a statically empty tensor, and a float attention mask of another dtype than q.
 
-Symbolic sizes the attention builder compares (Sq with decode_max_q; Skv with split_kv_above
-in decode) take the branch of their size hint; the choice is guarded and the builder gets a
-stand-in symbol whose comparison with that bound returns the guarded answer (`_DecidedSize`),
-so the builder stays the single source of launch logic.
+Sizes the attention launch compares with a bound (Sq with decode_max_q; Skv with split_kv_above in
+decode) are decided at compile time (lowerings.decided_size).
 """
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import sympy
 import torch
@@ -32,210 +28,120 @@ from torch._inductor.virtualized import V
 
 from .. import config
 from ..aoti import emulated_shim
+from ..families import FAMILIES
 from ..ops import attention as attention_mod
 from ..ops import norm as norm_mod
+from ..ops import rope as rope_mod
 from ..ops import softmax as softmax_mod
-from ..ops.common import METAL_DTYPES, capped
-from ..ops.launch import fit_to_pipelines
-from ..ops.rope import rope_plan
-from .metal_kernel import MetalKernel
+from ..ops.common import metal_runtime
+from ..ops.operands import Operand, OpLaunch
+from .decided_size import decide, static_int
+from .mpsk_kernel import MpskKernel
 
 
-def _backend(x) -> str | None:
-    """Shader backend for a lowered op on `x`, mirroring ops.common.metal_backend at compile time.
+def _runtime(x) -> str | None:
+    """Where a lowered op on `x` runs its kernels (ops.common.metal_runtime), or None.
 
     Emulated kernels in C++ code call the aoti_torch_mps_* functions of the emulated shim, which
     is loaded here, before the compiled module that resolves them against it.
     """
-    device, dtype = x.get_device(), x.get_dtype()
-    if device is None or dtype not in METAL_DTYPES:
-        return None
-    if device.type == "mps":
-        return "mps"
-    if device.type != "cpu" or not config.emulate_metal:
-        return None
-    if V.graph.cpp_wrapper:
+    device = x.get_device()
+    runtime = None if device is None else metal_runtime(device, x.get_dtype())
+    if runtime == "cpu" and V.graph.cpp_wrapper:
         try:
             emulated_shim.load()
         except RuntimeError:
             return None
-    return "cpu"
-
-
-def _int(value) -> int | None:
-    """`value` as an int when it is static, else None."""
-    value = V.graph.sizevars.simplify(sympy.sympify(value))
-    return int(value) if value.is_Integer else None
+    return runtime
 
 
 def _static(value):
     """`value` as an int when it is static, else as the graph's size expression."""
-    static = _int(value)
+    static = static_int(value)
     return value if static is None else static
 
 
 def _empty(sizes) -> bool:
-    return any(_int(s) == 0 for s in sizes)
+    return any(static_int(s) == 0 for s in sizes)
 
 
-def _contiguous(x):
-    return ir.ExternKernel.require_contiguous(x)
+def _operand(x, shape=None) -> Operand:
+    """`x` made contiguous, as an operand of `shape` (default: its own). Its start is known aligned
+    when Inductor allocated the buffer at a multiple-of-4 offset (a graph input's base is unknown)."""
+    x = ir.ExternKernel.require_contiguous(x)
+    shape = tuple(_static(n) for n in (x.get_size() if shape is None else shape))
+    offset = static_int(x.get_layout().offset)
+    aligned = x.get_name() not in V.graph.graph_inputs and offset is not None and offset % 4 == 0
+    return Operand(x, x.get_dtype(), shape, tuple(ir.FlexibleLayout.contiguous_strides(shape)), aligned)
 
 
-def _aligned(x, cols) -> bool:
-    """Whether 4-wide loads suit contiguous rows of `x`: a known multiple-of-4 row length and an offset
-    of a multiple of 4 in a buffer Inductor allocated (a graph input's base alignment is unknown)."""
-    if not isinstance(cols, int) or cols % 4 or x.get_name() in V.graph.graph_inputs:
-        return False
-    offset = _int(x.get_layout().offset)
-    return offset is not None and offset % 4 == 0
+def _kernel(op, like, size, launch: OpLaunch, runtime, substitutions=None):
+    layout = ir.FixedLayout(like.get_device(), like.get_dtype(), list(size),
+                            ir.FlexibleLayout.contiguous_strides(size))
+    return ir.TensorBox.create(MpskKernel(layout, launch, runtime=runtime, op=op, substitutions=substitutions))
 
 
-def _contiguous_layout(x, size) -> ir.FixedLayout:
-    return ir.FixedLayout(x.get_device(), x.get_dtype(), list(size), ir.FlexibleLayout.contiguous_strides(size))
-
-
-def _broadcast_strides(t, target) -> tuple:
-    """Strides reading `t` broadcast to `target` in place: 0 along broadcast dimensions (as expand)."""
-    size, stride = t.get_size(), t.get_stride()
-    lead = len(target) - len(size)
-    return tuple(
-        0 if i < lead or V.graph.sizevars.statically_known_equals(size[i - lead], 1) else stride[i - lead]
-        for i in range(len(target))
-    )
-
-
-def _kernel(op, x, size, inputs, tensors, plan, backend, substitutions=None):
-    node = MetalKernel(_contiguous_layout(x, size), inputs, plan=plan, tensors=tensors, backend=backend, op=op,
-                       substitutions=substitutions)
-    return ir.TensorBox.create(node)
-
-
-def _norm(kind, op, input, weight, bias, eps, weight_offset):
-    backend = _backend(input)
+def _norm_operands(input, weight, bias):
     size = input.get_size()
-    if backend is None or _empty(size):
+    x = _operand(input, (sympy.Mul(*size[:-1]), size[-1]))  # a symbolic row length: the looped form
+    return x, *(None if t is None else _operand(t) for t in (weight, bias))
+
+
+def lower_rms_norm(input, weight, eps, weight_offset=0.0):
+    runtime = _runtime(input)
+    if runtime is None or _empty(input.get_size()):
         return None
-    cols = _static(size[-1])  # symbolic: the plan takes the looped form
-    x = _contiguous(input)
-    affine = [t for t in (weight, bias) if t is not None]
-    inputs = [x, *(_contiguous(t) for t in affine)]
-    tensors = {"x": (0, None)}
-    if weight is not None:
-        tensors["weight"] = (1, None)
-    if bias is not None:
-        tensors["bias"] = (len(inputs) - 1, None)
-    plan = fit_to_pipelines(lambda cap: norm_mod.norm_plan(
-        kind, input.get_dtype(), sympy.Mul(*size[:-1]), cols, cols, cols, has_weight=weight is not None,
-        has_bias=bias is not None, eps=eps, weight_offset=weight_offset, vector_ok=_aligned(x, cols),
-        policy=capped(config.norm, cap),
-    ), backend)
-    return _kernel(op, input, size, inputs, tensors, plan, backend)
+    x, w, _ = _norm_operands(input, weight, None)
+    launch = norm_mod.rms_norm_launch(x, w, eps, weight_offset, runtime)
+    return _kernel(torch.ops.mpsk.rms_norm.default, input, input.get_size(), launch, runtime)
 
 
-def _softmax(op, input, dim, log):
-    backend = _backend(input)
+def lower_layer_norm(input, weight, bias, eps):
+    runtime = _runtime(input)
+    if runtime is None or _empty(input.get_size()):
+        return None
+    launch = norm_mod.layer_norm_launch(*_norm_operands(input, weight, bias), eps, runtime)
+    return _kernel(torch.ops.mpsk.layer_norm.default, input, input.get_size(), launch, runtime)
+
+
+def lower_softmax(input, dim, log=False):
+    runtime = _runtime(input)
     size = input.get_size()
-    if backend is None or not size or _empty(size):
+    if runtime is None or not size or _empty(size):
         return None
     d = dim % len(size)
-    cols = _static(size[d])  # symbolic: the plan takes the online form
-    outer, inner = sympy.Mul(*size[:d]), sympy.Mul(*size[d + 1:])
-    x = _contiguous(input)
-    strides = (cols * inner, inner, 1)
-    vector_ok = V.graph.sizevars.statically_known_equals(inner, 1) and _aligned(x, cols)
-    plan = fit_to_pipelines(lambda cap: softmax_mod.softmax_plan(
-        input.get_dtype(), outer, cols, inner, strides, strides, log=log, vector_ok=vector_ok,
-        policy=capped(config.softmax, cap)), backend)
-    return _kernel(op, input, size, [x], {"x": (0, None)}, plan, backend)
+    x = _operand(input, (sympy.Mul(*size[:d]), size[d], sympy.Mul(*size[d + 1:])))
+    return _kernel(torch.ops.mpsk.softmax.default, input, size, softmax_mod.softmax_launch(x, log, runtime), runtime)
 
 
-def _rope(op, x, cos, sin, interleaved):
-    backend = _backend(x)
-    size = x.get_size()
-    if backend is None or _empty(size):
+def lower_rope(x, cos, sin, interleaved=False):
+    runtime = _runtime(x)
+    if runtime is None or _empty(x.get_size()):
         return None
-    rot = cos.get_size()[-1]
-    full = (*size[:3], rot)
-    xc, cc, sc = (_contiguous(t) for t in (x, cos, sin))
-    plan = rope_plan(x.get_dtype(), tuple(size), rot, tuple(xc.get_stride()), _broadcast_strides(cc, full),
-                     _broadcast_strides(sc, full), interleaved=interleaved, policy=config.rope)
-    return _kernel(op, x, size, [xc, cc, sc], {"x": (0, None), "cos": (1, None), "sin": (2, None)}, plan, backend)
+    launch = rope_mod.rope_launch(_operand(x), _operand(cos), _operand(sin), interleaved, runtime)
+    return _kernel(torch.ops.mpsk.rope.default, x, x.get_size(), launch, runtime)
 
 
-class _DecidedSize(sympy.Symbol):
-    """Stand-in for a symbolic size whose comparison with one bound the lowering has decided and
-    guarded: `<=` / `>` against that bound give the decided Python bool, so the plan builder's own
-    branch runs unchanged; every other use is an ordinary size symbol, mapped back when printed."""
-
-    def __new__(cls, name: str, bound: int, above: bool):
-        obj = super().__new__(cls, name, integer=True, positive=True)
-        obj._bound, obj._above = bound, above
-        return obj
-
-    def __le__(self, other):
-        return (not self._above) if other == self._bound else super().__le__(other)
-
-    def __gt__(self, other):
-        return self._above if other == self._bound else super().__gt__(other)
-
-
-_stand_in_ids = itertools.count()  # unique names: sympy caches symbols by name
-
-
-def _decided(expr, bound: int, name: str, subs: dict):
-    """`expr` as the plan builder should see it: an int when static; else a `_DecidedSize` taking
-    the branch of `expr > bound` that its hint takes, with that choice guarded (recompiling if a
-    later call falls on the other side). `subs` collects stand-in -> graph expression."""
-    if _int(expr) is not None:
-        return _int(expr)
-    sizevars = V.graph.sizevars
-    above = sizevars.guarding_hint_or_throw(expr) > bound
-    sizevars.evaluate_expr(sympy.Gt(expr, bound) if above else sympy.Le(expr, bound))
-    stand_in = _DecidedSize(f"mpsk_{name}_{next(_stand_in_ids)}", bound, above)
-    subs[stand_in] = expr
-    return stand_in
-
-
-def _attention(op, q, k, v, attn_mask, scale, is_causal, window):
-    backend = _backend(q)
+def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
+    runtime = _runtime(q)
     B, Hq, Sq, D = q.get_size()
-    Hkv, Skv, Dv = k.get_size()[1], k.get_size()[2], v.get_size()[3]
-    D, Dv = _int(D), _int(Dv)
-    out_size = [B, Hq, Sq, Dv]
-    if backend is None or D is None or Dv is None or D == 0 or _empty([B, Hq, Sq, Skv, Dv]):
+    Skv, Dv = k.get_size()[2], v.get_size()[3]
+    D, Dv = static_int(D), static_int(Dv)
+    if runtime is None or D is None or Dv is None or D == 0 or _empty([B, Hq, Sq, Skv, Dv]):
         return None
-    mask_kind, mask_view = attention_mod.MASK_NONE, None
-    if attn_mask is not None:
-        if attn_mask.get_dtype() == torch.bool:  # read as bytes, as the eager op binds it
-            mask_kind, mask_view = attention_mod.MASK_BOOL, torch.uint8
-        elif attn_mask.get_dtype() == q.get_dtype():
-            mask_kind = attention_mod.MASK_ADD
-        else:
-            return None
-    policy = config.attention
-    subs: dict = {}
-    sq = _decided(Sq, policy.decode_max_q, "sq", subs)
-    decode = sq <= policy.decode_max_q
-    skv = _decided(Skv, policy.split_kv_above, "skv", subs) if decode else Skv
-    shape = tuple(_static(n) for n in (B, Hq, Hkv)) + (sq, skv, D, Dv)
-    qc, kc, vc = (_contiguous(t) for t in (q, k, v))
-    inputs, tensors = [qc, kc, vc], {"q": (0, None), "k": (1, None), "v": (2, None)}
-    mask_strides = None
-    if attn_mask is not None:
-        mc = _contiguous(attn_mask)
-        inputs.append(mc)
-        tensors["mask"] = (3, mask_view)
-        mask_strides = _broadcast_strides(mc, (B, Hq, Sq, Skv))
-    plan = attention_mod.attention_plan(
-        q.get_dtype(), shape, tuple(tuple(t.get_stride()[:3]) for t in (qc, kc, vc)),
-        mask_kind=mask_kind, mask_strides=mask_strides, scale=1.0 / math.sqrt(D) if scale is None else scale,
-        is_causal=is_causal, window=window, policy=policy,
-    )
-    return _kernel(op, q, out_size, inputs, tensors, plan, backend, subs)
+    if attn_mask is not None and attention_mod.mask_kind(attn_mask.get_dtype(), q.get_dtype()) is None:
+        return None
+    policy, subs = config.attention, {}
+    sq = decide(Sq, policy.decode_max_q, "sq", subs)
+    skv = decide(Skv, policy.split_kv_above, "skv", subs) if sq <= policy.decode_max_q else Skv
+    qo = _operand(q, (B, Hq, sq, D))
+    ko, vo = _operand(k, (B, k.get_size()[1], skv, D)), _operand(v, (B, v.get_size()[1], skv, Dv))
+    mask = None if attn_mask is None else _operand(attn_mask)
+    launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime)
+    return _kernel(torch.ops.mpsk.attention.default, q, [B, Hq, Sq, Dv], launch, runtime, subs)
 
 
-def _lowering(op, build):
+def _register(op, build) -> None:
     """Registers `build(*args, **kwargs) -> TensorBox | None` for `op`; None means the op's own call."""
     fallback = fallback_handler(op, add_to_fallback_set=False)
 
@@ -247,37 +153,20 @@ def _lowering(op, build):
     _registered.append(op)
 
 
-_installed = False
 _registered: list = []
 
 
 def install() -> None:
-    """Registers the lowerings in Inductor's table (idempotent). They apply to every Inductor
-    compilation that meets an mpsk op, and pick Metal or the fallback per call from the devices."""
-    global _installed
-    if _installed:
+    """Registers every family's lowering in Inductor's table (idempotent). They apply to every
+    Inductor compilation that meets an mpsk op, and pick Metal or the fallback per call."""
+    if _registered:
         return
-    mpsk = torch.ops.mpsk
-    _lowering(mpsk.rms_norm.default,
-              lambda input, weight, eps, weight_offset=0.0: _norm(
-                  "rms_norm", mpsk.rms_norm.default, input, weight, None, eps, weight_offset))
-    _lowering(mpsk.layer_norm.default,
-              lambda input, weight, bias, eps: _norm(
-                  "layer_norm", mpsk.layer_norm.default, input, weight, bias, eps, 0.0))
-    _lowering(mpsk.softmax.default,
-              lambda input, dim, log=False: _softmax(mpsk.softmax.default, input, dim, log))
-    _lowering(mpsk.rope.default,
-              lambda x, cos, sin, interleaved=False: _rope(mpsk.rope.default, x, cos, sin, interleaved))
-    _lowering(mpsk.attention.default,
-              lambda q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1: _attention(
-                  mpsk.attention.default, q, k, v, attn_mask, scale, is_causal, window))
-    _installed = True
+    for family in FAMILIES:
+        _register(family.custom_op, family.resolve("lowering"))
 
 
 def uninstall() -> None:
     """Removes the lowerings again: the mpsk ops go back to Inductor's default op call."""
-    global _installed
     for op in _registered:
         lowering.lowerings.pop(op, None)
     _registered.clear()
-    _installed = False

@@ -10,7 +10,8 @@ import torch
 from torch._inductor import config as inductor_config
 from torch._inductor.compile_fx import compile_fx
 
-from . import config, diagnostics, lowerings
+from . import diagnostics, lowerings
+from .ops.common import metal_runtime
 from .passes import MpskGraphPass, RecordAtenGraph, check_patterns_setting
 
 
@@ -40,8 +41,8 @@ def _inductor_options(mode: str | None, options: dict[str, Any] | None) -> dict[
 
 
 def _on_metal(example_inputs: Sequence[object]) -> bool:
-    devices = {t.device.type for t in example_inputs if isinstance(t, torch.Tensor)}
-    return "mps" in devices or (config.emulate_metal and devices <= {"cpu"})
+    devices = {t.device for t in example_inputs if isinstance(t, torch.Tensor)} or {torch.device("cpu")}
+    return any(metal_runtime(d) for d in devices)
 
 
 def mpsk_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[object], **kwargs: Any):

@@ -18,7 +18,10 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-PATTERNS = ("rms_norm", "layer_norm", "softmax", "attention", "rope")
+from .families import NAMES
+
+# One switch per op family, in the pattern pass's order (families.FAMILIES is the list).
+PATTERNS = NAMES
 
 
 @dataclasses.dataclass(frozen=True)

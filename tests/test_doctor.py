@@ -10,7 +10,6 @@ import torch
 
 from mps_inductor_ext.__main__ import main
 from mps_inductor_ext.diagnostics import doctor
-from mps_inductor_ext.ops import checks
 
 
 def run_doctor(*args, code=None):
@@ -67,7 +66,7 @@ def test_every_registered_op_is_listed_and_an_unchecked_op_fails():
 def test_full_run_covers_every_op_and_exit_status_matches(tmp_path):
     proc = run_doctor("--backend", "cpu")
     listed = proc.stdout.split("ops under torch.ops.mpsk:", 1)[1].splitlines()[0]
-    for op in checks.registered_ops():
+    for op in doctor.registered_ops():
         assert op in listed and f"\n{op}: " in proc.stdout
     # Every kernel is right on the emulator: the run passes, and says so line by line.
     assert not any(ln.lstrip().startswith("FAIL") for ln in proc.stdout.splitlines()), proc.stdout
@@ -94,10 +93,10 @@ def test_compare_catches_nan_shape_and_tolerance():
 
 
 def test_check_registry_validates():
-    assert checks.get_check("mpsk::rms_norm") is checks.get_check("rms_norm") is not None
+    assert doctor.get_check("mpsk::rms_norm") is doctor.get_check("rms_norm") is not None
     with pytest.raises(ValueError, match="already registered"):
-        checks.register_check("rms_norm", list, list)
+        doctor.register_check("rms_norm", list, list)
     with pytest.raises(TypeError, match="callable"):
-        checks.register_check("fresh_op", None, list)
+        doctor.register_check("fresh_op", None, list)
     with pytest.raises(ValueError, match="op name"):
-        checks.register_check("", list, list)
+        doctor.register_check("", list, list)

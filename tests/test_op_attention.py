@@ -18,7 +18,9 @@ import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
 from mps_inductor_ext.config import AttentionPolicy
 from mps_inductor_ext.ops import attention as attention_mod
+from mps_inductor_ext.ops import operands
 from mps_inductor_ext.ops.common import poisoned_outputs
+from mps_inductor_ext.ops.launch import TensorArg
 from mps_inductor_ext.shaders import ShaderLibrary
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -61,17 +63,17 @@ def reference(q, k, v, mask=None, scale=None, causal=False, window=-1):
 
 
 class Recorder:
-    """Wraps run_plan: the kernels each call launched and the tensors it bound."""
+    """Wraps run_plan (where every eager launch goes): the kernels each call launched and the tensors it bound."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = attention_mod.run_plan
+        real = operands.run_plan
 
         def run(plan, tensors, backend):
             self.calls.append(([launch.kernel for launch in plan.launches], dict(tensors), plan))
             return real(plan, tensors, backend)
 
-        monkeypatch.setattr(attention_mod, "run_plan", run)
+        monkeypatch.setattr(operands, "run_plan", run)
 
     @property
     def kernels(self):
@@ -159,8 +161,10 @@ def test_bool_masks_with_broadcasting_and_window(rec):
         check(rec, dq, k, v, "attn_decode", mask=mask[..., :3, :] if mask.dim() > 1 and mask.shape[-2] > 1 else mask,
               window=1000 if i % 2 else 6)
     check(rec, q, k, v, "attn_prefill", mask=masks[4], window=1000)
-    bound = rec.calls[-1][1]["mask"]
-    assert bound.dtype == torch.uint8 and bound.stride() == (0, 0, 0, 1)  # read through stride 0, not expanded
+    bound, launch = rec.calls[-1][1]["mask"], rec.calls[-1][2].launches[0]
+    assert bound.dtype == torch.uint8 and bound.shape == (Skv,)  # bound as it is, never expanded in memory
+    at = launch.args.index(TensorArg("mask"))
+    assert [a.value for a in launch.args[at + 1:at + 5]] == [0, 0, 0, 1]  # read through stride 0
     check(rec, q.half(), k.half(), v.half(), "attn_prefill", mask=masks[0], window=1000)
     assert (metal(q, k, v, full, None, False, 1000)[0, 1, 3] == 0).all()
 

@@ -9,6 +9,7 @@ import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
 from mps_inductor_ext.config import SoftmaxPolicy
 from mps_inductor_ext.ops.common import poisoned_outputs
+from mps_inductor_ext.ops.operands import Operand
 from mps_inductor_ext.ops.softmax import softmax_plan, vector_ok
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -135,15 +136,15 @@ def test_vector_loads_only_when_aligned():
     """The emulator does not fault on misaligned vector loads (on Metal they are undefined), so
     the host's alignment decision is checked here directly."""
     s = torch.randn(1000)
-    assert vector_ok(s.as_strided((6, 64, 1), (72, 1, 1), 4))
-    assert vector_ok(s.as_strided((1, 64, 1), (64, 1, 1), 0))
-    assert not vector_ok(s.as_strided((5, 64, 1), (72, 1, 1), 75))  # storage offset
-    assert not vector_ok(s.as_strided((6, 64, 1), (72, 1, 1), 2))
-    assert not vector_ok(s.as_strided((6, 62, 1), (72, 1, 1), 0))  # row length
-    assert not vector_ok(s.as_strided((6, 64, 1), (66, 1, 1), 0))  # row stride
-    assert not vector_ok(s.as_strided((1, 64, 1), (64, 0, 1), 0))  # column stride 0
-    assert not vector_ok(s.as_strided((1, 64, 1), (1, 4, 1), 0))  # column stride 4
-    assert not vector_ok(s.as_strided((3, 64, 2), (128, 2, 1), 0))  # inner > 1
+    assert vector_ok(Operand.of(s.as_strided((6, 64, 1), (72, 1, 1), 4)))
+    assert vector_ok(Operand.of(s.as_strided((1, 64, 1), (64, 1, 1), 0)))
+    assert not vector_ok(Operand.of(s.as_strided((5, 64, 1), (72, 1, 1), 75)))  # storage offset
+    assert not vector_ok(Operand.of(s.as_strided((6, 64, 1), (72, 1, 1), 2)))
+    assert not vector_ok(Operand.of(s.as_strided((6, 62, 1), (72, 1, 1), 0)))  # row length
+    assert not vector_ok(Operand.of(s.as_strided((6, 64, 1), (66, 1, 1), 0)))  # row stride
+    assert not vector_ok(Operand.of(s.as_strided((1, 64, 1), (64, 0, 1), 0)))  # column stride 0
+    assert not vector_ok(Operand.of(s.as_strided((1, 64, 1), (1, 4, 1), 0)))  # column stride 4
+    assert not vector_ok(Operand.of(s.as_strided((3, 64, 2), (128, 2, 1), 0)))  # inner > 1
 
 
 def test_plan_variants():

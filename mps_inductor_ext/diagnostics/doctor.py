@@ -1,15 +1,19 @@
 """`python -m mps_inductor_ext doctor`: every mpsk op's Metal kernel against its PyTorch reference.
 
-For a nightly job: exits non-zero when any case fails, when an op has no registered check,
-or when a case raises. ``inject_fault`` perturbs one op's output inside the doctor before the
-comparison, a self-test showing the doctor can fail; it never touches the op itself.
+For a nightly job: exits non-zero when any case fails, when an op has no check, or when a case
+raises. Each op family brings its cases (families.FAMILIES, ops/doctor_cases.py); an op defined
+elsewhere under torch.ops.mpsk registers its own with `register_check`, and one with none fails.
+``inject_fault`` perturbs one op's output inside the doctor before the comparison, a self-test
+showing the doctor can fail; it never touches the op itself.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,10 +21,63 @@ from typing import Any, TextIO
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .. import config, shaders
-from ..ops import checks
+from .. import config, families, shaders
 from ..ops.common import poisoned_outputs
+from ..ops.doctor_cases import TOLERANCES, Case
 from ..shaders.emulator import toolchain
+
+NAMESPACE = "mpsk"
+
+
+@dataclass(frozen=True)
+class Check:
+    op: str
+    cases_fn: Callable[[], Iterable[Case]]
+    reference_fn: Callable[..., Any]
+
+
+_registered: dict[str, Check] = {}  # ops outside the families
+
+
+def op_name(name: str) -> str:
+    """``"mpsk::rms_norm"``, ``"mpsk.rms_norm"`` or ``"rms_norm"`` -> ``"rms_norm"``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"op name must be a non-empty string, got {name!r}")
+    for prefix in (f"{NAMESPACE}::", f"{NAMESPACE}."):
+        name = name.removeprefix(prefix)
+    if not name.isidentifier():
+        raise ValueError(f"not an op name: {name!r}")
+    return name
+
+
+def register_check(op: str, cases_fn: Callable[[], Iterable[Case]], reference_fn: Callable[..., Any]) -> None:
+    """The doctor's cases and reference for ``torch.ops.mpsk.<op>``, an op that is no family's; one per op."""
+    name = op_name(op)
+    if not callable(cases_fn) or not callable(reference_fn):
+        raise TypeError("register_check(op, cases_fn, reference_fn): cases_fn and reference_fn must be callable")
+    if name in _registered or name in families.NAMES:
+        raise ValueError(f"a doctor check for mpsk.{name} is already registered")
+    _registered[name] = Check(name, cases_fn, reference_fn)
+
+
+@functools.cache
+def _family_check(name: str) -> Check:
+    family = families.get(name)
+    return Check(name, family.resolve("doctor_cases"), family.resolve("doctor_reference"))
+
+
+def get_check(op: str) -> Check | None:
+    name = op_name(op)
+    return _family_check(name) if name in families.NAMES else _registered.get(name)
+
+
+def registered_ops() -> list[str]:
+    """Every op under ``torch.ops.mpsk`` the dispatcher knows, checked or not (the doctor's to-do list)."""
+    for family in families.FAMILIES:
+        family.custom_op  # noqa: B018 - importing the op module registers the op
+    prefix = f"{NAMESPACE}::"
+    names = {n[len(prefix):].split(".", 1)[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix)}
+    return sorted(names)
 
 
 @dataclass
@@ -64,7 +121,7 @@ def compare(op: str, label: str, got: Any, ref: Any, tol: float | None) -> CaseR
         if g.shape != r.shape or g.dtype != r.dtype:
             return CaseResult(op, label, False, None, tol, f"output {i}: {g.dtype} {tuple(g.shape)}, reference "
                               f"{r.dtype} {tuple(r.shape)}")
-        t = tol if tol is not None else checks.TOLERANCES.get(g.dtype, 1e-5)
+        t = tol if tol is not None else TOLERANCES.get(g.dtype, 1e-5)
         used_tol = t
         gf, rf = g.detach().cpu().float(), r.detach().cpu().float()
         if gf.numel() == 0:
@@ -80,10 +137,10 @@ def compare(op: str, label: str, got: Any, ref: Any, tol: float | None) -> CaseR
 
 def run_op(op: str, backend: str, inject_fault: bool = False) -> list[CaseResult]:
     """All cases of one op; an op without a check, or a case that raises, is a failure."""
-    check = checks.get_check(op)
+    check = get_check(op)
     if check is None:
         return [CaseResult(op, "-", False, None, None, "no check registered (add one with "
-                           "mps_inductor_ext.ops.checks.register_check)")]
+                           "mps_inductor_ext.diagnostics.doctor.register_check)")]
     device = "mps" if backend == "mps" else "cpu"
     fn = getattr(torch.ops.mpsk, op)
     results = []
@@ -128,12 +185,12 @@ def run(backend: str = "auto", ops: list[str] | None = None, inject_fault: str |
     """Prints the health check and returns the exit status: 0 when everything passed, 1 otherwise."""
     out = out or sys.stdout
     resolved = shaders.resolve_backend(backend)
-    known = checks.registered_ops()
-    selected = known if not ops else [checks.op_name(o) for o in ops]
-    unknown = [o for o in selected + ([checks.op_name(inject_fault)] if inject_fault else []) if o not in known]
+    known = registered_ops()
+    selected = known if not ops else [op_name(o) for o in ops]
+    unknown = [o for o in selected + ([op_name(inject_fault)] if inject_fault else []) if o not in known]
     if unknown:
         raise ValueError(f"no op(s) {unknown} under torch.ops.mpsk; registered: {known}")
-    fault = checks.op_name(inject_fault) if inject_fault else None
+    fault = op_name(inject_fault) if inject_fault else None
     where = "Apple GPU via torch.mps.compile_shader" if resolved == "mps" else "emulated: Metal compiled for the CPU"
     print(f"shader backend: {resolved} ({where})", file=out)
     print(f"torch {torch.__version__}; ops under torch.ops.mpsk: {', '.join(known) or '(none)'}", file=out)

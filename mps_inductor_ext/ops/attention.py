@@ -10,6 +10,7 @@ allows (its math path refuses the pair). Rows whose keys are all hidden give 0, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from .. import config
 from ..config import AttentionPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_backend, new_buffer
-from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, run_plan, specialize
+from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
+from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, specialize
+from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
 MAX_HEAD_DIM = 256  # registers per lane and threadgroup memory are sized for this
 TG_MEMORY = 32 * 1024
@@ -213,31 +215,56 @@ def _lastdim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _run_metal(q, k, v, attn_mask, scale, is_causal, window, backend) -> torch.Tensor:
+def softmax_scale(scale: float | None, head_dim: int) -> float:
+    """The score scale: the caller's, else 1/sqrt(D) as F.scaled_dot_product_attention's."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+def mask_kind(mask: torch.dtype, q: torch.dtype) -> tuple[int, torch.dtype | None] | None:
+    """How the kernels read a mask of dtype `mask` beside q of dtype `q`: a bool mask as bytes, a
+    float mask of q's dtype added to the scores; None for any other (the eager op converts it first)."""
+    if mask == torch.bool:
+        return MASK_BOOL, torch.uint8
+    return (MASK_ADD, None) if mask == q else None
+
+
+def attention_launch(q: Operand, k: Operand, v: Operand, attn_mask: Operand | None, scale: float | None,
+                     is_causal: bool, window: int, runtime: str) -> OpLaunch:
+    """The launch of one attention call, for the eager op and the lowering alike: q, k, v read through
+    their (batch, head, seq) strides with a unit-stride last dimension, the mask through strides that
+    broadcast it to (B, Hq, Sq, Skv). The output is contiguous (B, Hq, Sq, Dv)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    operands = {"q": q, "k": k, "v": v}
+    kind, mask_strides = MASK_NONE, None
+    if attn_mask is not None:
+        how = mask_kind(attn_mask.dtype, q.dtype)
+        if how is None:
+            raise TypeError(f"mpsk.attention: a {attn_mask.dtype} mask beside {q.dtype} q has no kernel")
+        kind, read_as = how
+        operands["mask"] = dataclasses.replace(attn_mask, read_as=read_as)
+        mask_strides = broadcast_strides(attn_mask, (B, Hq, Sq, Skv))
+    plan = attention_plan(
+        q.dtype, (B, Hq, Hkv, Sq, Skv, D, Dv), tuple(tuple(t.stride[:3]) for t in (q, k, v)),
+        mask_kind=kind, mask_strides=mask_strides, scale=softmax_scale(scale, D), is_causal=is_causal,
+        window=window, policy=config.attention,
+    )
+    return OpLaunch(plan, operands)
+
+
+def _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime) -> torch.Tensor:
+    B, Hq, Sq, D = q.shape
+    Skv, Dv = k.shape[2], v.shape[3]
     out = new_buffer((B, Hq, Sq, Dv), q.dtype, q.device)
     if out.numel() == 0:
         return out
     if Skv == 0 or D == 0:  # no keys: PyTorch gives zeros; D == 0: leave the corner to ATen
         return out.zero_() if Skv == 0 else attention_reference(q, k, v, attn_mask, scale, is_causal, window)
-    q, k, v = (_lastdim_unit(t) for t in (q, k, v))
-    tensors = {"out": out, "q": q, "k": k, "v": v}
-    mask_kind, mask_strides = MASK_NONE, None
+    q, k, v = (Operand.of(_lastdim_unit(t)) for t in (q, k, v))
+    mask = None
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            mask_kind, mask = MASK_BOOL, attn_mask.view(torch.uint8)
-        else:
-            mask_kind, mask = MASK_ADD, attn_mask.to(q.dtype)
-        mask = mask.expand(B, Hq, Sq, Skv)  # a view: broadcast dims get stride 0
-        tensors["mask"] = mask
-        mask_strides = tuple(mask.stride())
-    plan = attention_plan(
-        q.dtype, (B, Hq, Hkv, Sq, Skv, D, Dv), tuple(tuple(t.stride()[:3]) for t in (q, k, v)),
-        mask_kind=mask_kind, mask_strides=mask_strides, scale=1.0 / math.sqrt(D) if scale is None else scale,
-        is_causal=is_causal, window=window, policy=config.attention,
-    )
-    run_plan(plan, tensors, backend)
+        mask = Operand.of(attn_mask if mask_kind(attn_mask.dtype, q.dtype) else attn_mask.to(q.dtype))
+    run_launch(attention_launch(q, k, v, mask, scale, is_causal, window, runtime), out, runtime)
     return out
 
 
@@ -259,10 +286,10 @@ def attention(
     converted to q's dtype first. Returns a contiguous (B, Hq, Sq, Dv) tensor.
     """
     _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
-    backend = metal_backend(q)
-    if backend is None:
+    runtime = metal_runtime(q.device, q.dtype)
+    if runtime is None:
         return attention_reference(q, k, v, attn_mask, scale, is_causal, window)
-    return _run_metal(q, k, v, attn_mask, scale, is_causal, window, backend)
+    return _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime)
 
 
 @attention.register_fake
@@ -287,7 +314,7 @@ def _backward(ctx, grad):
     Hkv, Skv = k.shape[1], k.shape[2]
     group = Hq // Hkv if Hkv else 1
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale = 1.0 / math.sqrt(D) if ctx.scale is None else ctx.scale
+    scale = softmax_scale(ctx.scale, D)
     qf, do = q.to(acc), grad.to(acc)
     kf = k.to(acc).repeat_interleave(group, dim=1)
     vf = v.to(acc).repeat_interleave(group, dim=1)

@@ -41,15 +41,20 @@ def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def metal_backend(t: torch.Tensor) -> str | None:
-    """The shader backend an op on `t` launches its kernel on, or None for ATen math.
+def metal_runtime(device: torch.device | str, dtype: torch.dtype | None = None) -> str | None:
+    """Where an op's Metal kernel runs for a tensor on `device` (of `dtype`, when given): "mps" (the
+    GPU, through torch.mps.compile_shader), "cpu" (the emulator, under config.emulate_metal), or
+    None (ATen math; so is every dtype Metal has no kernel for, float64 included).
 
-    MPS tensors always take the Metal kernel; CPU tensors take it on the emulator
-    when config.emulate_metal is set (float64 stays on ATen: Metal has no double).
+    The one answer to "can a Metal kernel run here", asked by the eager op, the pattern pass, the
+    lowerings and decompositions, and the backend's warning alike.
     """
-    if t.device.type == "mps":
+    if dtype is not None and dtype not in METAL_DTYPES:
+        return None
+    kind = torch.device(device).type
+    if kind == "mps":
         return "mps"
-    if t.device.type == "cpu" and config.emulate_metal and t.dtype in METAL_DTYPES:
+    if kind == "cpu" and config.emulate_metal:
         return "cpu"
     return None
 
@@ -99,12 +104,6 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
         except RuntimeError:
             pass
     return x.reshape(-1, cols).contiguous()
-
-
-def vector_aligned(t: torch.Tensor, width: int = 4) -> bool:
-    """Whether every row of a (rows, cols) view starts on a `width`-element boundary."""
-    rows_ok = t.shape[0] <= 1 or t.stride(0) % width == 0
-    return t.shape[-1] % width == 0 and rows_ok and t.storage_offset() % width == 0
 
 
 def capped(policy, max_threads: int):

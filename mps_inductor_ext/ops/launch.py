@@ -115,7 +115,7 @@ def _concrete(value: Size, what: str) -> int:
     raise ValueError(f"{what} is symbolic ({value}); eager launches need concrete sizes")
 
 
-def fit_to_pipelines(build: Callable[[int], LaunchPlan], backend: str) -> LaunchPlan:
+def fit_to_pipelines(build: Callable[[int], LaunchPlan], runtime: str) -> LaunchPlan:
     """The plan `build(max_threads)` makes, with max_threads lowered until each launch's group fits
     its kernel's pipeline (maxTotalThreadsPerThreadgroup, which Metal knows only once the kernel is
     compiled and can be below 1024 for a kernel using many registers), as MLX sizes its groups.
@@ -125,7 +125,7 @@ def fit_to_pipelines(build: Callable[[int], LaunchPlan], backend: str) -> Launch
     package built on one Apple GPU family and run on another could meet a different limit. Code
     generated for `mps` where there is none (fake tensors) is fitted to the emulator's pipelines.
     """
-    probe = backend if backend != "mps" or mps_backend.is_available() else "cpu"
+    probe = runtime if runtime != "mps" or mps_backend.is_available() else "cpu"
     cap = MAX_GROUP_THREADS
     for _ in range(4):  # a smaller group changes the source (loads per thread), hence the limit
         plan = build(cap)
@@ -148,7 +148,7 @@ def fit_to_pipelines(build: Callable[[int], LaunchPlan], backend: str) -> Launch
     raise RuntimeError("mpsk: no launch plan fits its kernels' thread limits")
 
 
-def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str) -> None:
+def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], runtime: str) -> None:
     """Runs a plan through the shader runtime's shim calls, as AOTInductor's C++ would."""
     table = dict(tensors)
     device = next(iter(table.values())).device if table else torch.device("cpu")
@@ -156,7 +156,7 @@ def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], backend: str
         shape = tuple(_concrete(d, f"scratch {s.name}") for d in s.shape)
         table[s.name] = new_buffer(shape, s.dtype, device)
     for launch in plan.launches:
-        fn = ShaderLibrary(launch.source, backend, strict=True).get_kernel_function(launch.kernel)
+        fn = ShaderLibrary(launch.source, runtime, strict=True).get_kernel_function(launch.kernel)
         threads = [_concrete(t, f"{launch.kernel} threads") for t in launch.threads]
         group = [_concrete(g, f"{launch.kernel} group_size") for g in launch.group_size]
         args: Sequence[Arg] = launch.args

@@ -17,12 +17,12 @@ from .common import (
     check_finite,
     check_like,
     check_tensor,
-    metal_backend,
+    metal_runtime,
     new_buffer,
     threads_per_row,
-    vector_aligned,
 )
-from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, run_plan, specialize
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, specialize
+from .operands import Operand, OpLaunch, rows_vector_ok, run_launch
 
 MAX_REGISTER_LOADS = 4  # loads per thread kept in registers before the looped form takes over
 
@@ -70,23 +70,37 @@ def norm_plan(
     return LaunchPlan((launch,))
 
 
-def _run_metal(kind, x, weight, bias, eps, weight_offset, backend) -> torch.Tensor:
-    rows_in = as_rows(x)
-    rows, cols = rows_in.shape
-    out = new_buffer((rows, cols), x.dtype, x.device)
-    if rows == 0 or cols == 0:
-        return out.view(x.shape)
+def norm_launch(kind: str, x: Operand, weight: Operand | None, bias: Operand | None, eps: float,
+                weight_offset: float, runtime: str) -> OpLaunch:
+    """The launch of one norm call over `x` viewed as (rows, cols) with unit column stride (rows may be
+    symbolic, cols too: the looped form), fitted to the kernel's thread limit, for the eager op and
+    the lowering alike. The output is contiguous (rows, cols)."""
+    rows, cols = x.shape
     plan = fit_to_pipelines(lambda cap: norm_plan(
-        kind, x.dtype, rows, cols, rows_in.stride(0), out.stride(0),
-        has_weight=weight is not None, has_bias=bias is not None, eps=eps, weight_offset=weight_offset,
-        vector_ok=vector_aligned(rows_in), policy=capped(config.norm, cap),
-    ), backend)
-    tensors = {"out": out, "x": rows_in}
-    if weight is not None:
-        tensors["weight"] = weight.contiguous()
-    if bias is not None:
-        tensors["bias"] = bias.contiguous()
-    run_plan(plan, tensors, backend)
+        kind, x.dtype, rows, cols, x.stride[0], cols, has_weight=weight is not None, has_bias=bias is not None,
+        eps=eps, weight_offset=weight_offset, vector_ok=rows_vector_ok(x), policy=capped(config.norm, cap),
+    ), runtime)
+    operands = {"x": x, "weight": weight, "bias": bias}
+    return OpLaunch(plan, {k: v for k, v in operands.items() if v is not None})
+
+
+def rms_norm_launch(x: Operand, weight: Operand | None, eps: float, weight_offset: float, runtime: str) -> OpLaunch:
+    return norm_launch("rms_norm", x, weight, None, eps, weight_offset, runtime)
+
+
+def layer_norm_launch(x: Operand, weight: Operand | None, bias: Operand | None, eps: float,
+                      runtime: str) -> OpLaunch:
+    return norm_launch("layer_norm", x, weight, bias, eps, 0.0, runtime)
+
+
+def _run_metal(kind, x, weight, bias, eps, weight_offset, runtime) -> torch.Tensor:
+    rows_in = as_rows(x)
+    out = new_buffer(rows_in.shape, x.dtype, x.device)
+    if out.numel() == 0:
+        return out.view(x.shape)
+    launch = norm_launch(kind, Operand.of(rows_in), *(None if t is None else Operand.of(t.contiguous())
+                                                      for t in (weight, bias)), eps, weight_offset, runtime)
+    run_launch(launch, out, runtime)
     return out.view(x.shape)
 
 
@@ -121,10 +135,10 @@ def _check_rms_norm(input, weight, eps, weight_offset) -> tuple[float, float]:
 @torch.library.custom_op("mpsk::rms_norm", mutates_args=())
 def rms_norm(input: torch.Tensor, weight: torch.Tensor | None, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
     eps, weight_offset = _check_rms_norm(input, weight, eps, weight_offset)
-    backend = metal_backend(input)
-    if backend is None:
+    runtime = metal_runtime(input.device, input.dtype)
+    if runtime is None:
         return rms_norm_reference(input, weight, eps, weight_offset)
-    return _run_metal("rms_norm", input, weight, None, eps, weight_offset, backend)
+    return _run_metal("rms_norm", input, weight, None, eps, weight_offset, runtime)
 
 
 @rms_norm.register_fake
@@ -172,10 +186,10 @@ def layer_norm_reference(input, weight, bias, eps):
 @torch.library.custom_op("mpsk::layer_norm", mutates_args=())
 def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     eps = _check_layer_norm(input, weight, bias, eps)
-    backend = metal_backend(input)
-    if backend is None:
+    runtime = metal_runtime(input.device, input.dtype)
+    if runtime is None:
         return layer_norm_reference(input, weight, bias, eps)
-    return _run_metal("layer_norm", input, weight, bias, eps, 0.0, backend)
+    return _run_metal("layer_norm", input, weight, bias, eps, 0.0, runtime)
 
 
 @layer_norm.register_fake

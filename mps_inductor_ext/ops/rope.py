@@ -9,8 +9,9 @@ import torch
 from .. import config
 from ..config import RopePolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_backend, new_buffer
-from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, run_plan, specialize
+from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
+from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, specialize
+from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
 
 @functools.cache
@@ -67,17 +68,22 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interl
     return torch.cat((y1.to(x.dtype), x[..., rot:]), dim=-1)
 
 
-def _run_metal(x, cos, sin, interleaved: bool, backend: str) -> torch.Tensor:
+def rope_launch(x: Operand, cos: Operand, sin: Operand, interleaved: bool, runtime: str) -> OpLaunch:
+    """The launch of one rope call, for the eager op and the lowering alike: x (B, H, S, D) read
+    through its strides, cos and sin read in place broadcast to (B, H, S, R); the output is
+    contiguous."""
+    rot = cos.shape[-1]
+    full = (*x.shape[:3], rot)
+    plan = rope_plan(x.dtype, x.shape, rot, x.stride, broadcast_strides(cos, full), broadcast_strides(sin, full),
+                     interleaved=interleaved, policy=config.rope)
+    return OpLaunch(plan, {"x": x, "cos": cos, "sin": sin})
+
+
+def _run_metal(x, cos, sin, interleaved: bool, runtime: str) -> torch.Tensor:
     out = new_buffer(x.shape, x.dtype, x.device)
     if out.numel() == 0:
         return out
-    rot = cos.shape[-1]
-    full = (*x.shape[:3], rot)
-    # expand gives stride 0 along broadcast dimensions: the kernel reads cos/sin in place.
-    cos4, sin4 = cos.expand(full), sin.expand(full)
-    plan = rope_plan(x.dtype, tuple(x.shape), rot, x.stride(), cos4.stride(), sin4.stride(),
-                     interleaved=interleaved, policy=config.rope)
-    run_plan(plan, {"out": out, "x": x, "cos": cos4, "sin": sin4}, backend)
+    run_launch(rope_launch(Operand.of(x), Operand.of(cos), Operand.of(sin), interleaved, runtime), out, runtime)
     return out
 
 
@@ -126,10 +132,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
       `repeat_interleave(..., 2, dim=-1)`: pass those, not the (..., R/2) tables.
     """
     _check(x, cos, sin, interleaved)
-    backend = metal_backend(x)
-    if backend is None:
+    runtime = metal_runtime(x.device, x.dtype)
+    if runtime is None:
         return rope_reference(x, cos, sin, interleaved)
-    return _run_metal(x, cos, sin, interleaved, backend)
+    return _run_metal(x, cos, sin, interleaved, runtime)
 
 
 @rope.register_fake

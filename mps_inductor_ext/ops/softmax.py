@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -10,8 +11,9 @@ import torch
 from .. import config
 from ..config import SoftmaxPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, capped, check_tensor, metal_backend, new_buffer, threads_per_row, vector_aligned
-from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, run_plan, specialize
+from .common import METAL_DTYPES, capped, check_tensor, metal_runtime, new_buffer, threads_per_row
+from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, specialize
+from .operands import Operand, OpLaunch, rows_vector_ok, run_launch
 
 MAX_REGISTER_LOADS = 8  # loads per thread kept in registers; longer rows take the online form
 
@@ -53,13 +55,27 @@ def softmax_plan(
     return LaunchPlan((launch,))
 
 
-def vector_ok(x3: torch.Tensor) -> bool:
-    """Whether 4-wide loads suit an (outer, cols, inner) view: rows along unit-stride columns,
-    each starting on a 4-element boundary (the output, contiguous, then is too)."""
-    return x3.shape[2] == 1 and x3.stride(1) == 1 and vector_aligned(x3[:, :, 0])
+def vector_ok(x: Operand) -> bool:
+    """Whether 4-wide loads suit an (outer, cols, inner) operand: rows along unit-stride columns
+    (inner == 1), each starting on a 4-element boundary (the output, contiguous, then is too)."""
+    outer, cols, inner = x.shape
+    return inner == 1 and x.stride[1] == 1 and rows_vector_ok(
+        dataclasses.replace(x, shape=(outer, cols), stride=x.stride[:2]))
 
 
-def _run_metal(x: torch.Tensor, dim: int, log: bool, backend: str) -> torch.Tensor:
+def softmax_launch(x: Operand, log: bool, runtime: str) -> OpLaunch:
+    """The launch of one softmax over the middle dimension of `x` viewed as (outer, cols, inner),
+    fitted to the kernel's thread limit, for the eager op and the lowering alike; the output is
+    contiguous."""
+    outer, cols, inner = x.shape
+    out_strides = (cols * inner, inner, 1)
+    plan = fit_to_pipelines(lambda cap: softmax_plan(
+        x.dtype, outer, cols, inner, x.stride, out_strides, log=log, vector_ok=vector_ok(x),
+        policy=capped(config.softmax, cap)), runtime)
+    return OpLaunch(plan, {"x": x})
+
+
+def _run_metal(x: torch.Tensor, dim: int, log: bool, runtime: str) -> torch.Tensor:
     out = new_buffer(x.shape, x.dtype, x.device)
     if x.numel() == 0:
         return out
@@ -69,11 +85,7 @@ def _run_metal(x: torch.Tensor, dim: int, log: bool, backend: str) -> torch.Tens
         x3 = x.view(outer, cols, inner)
     except RuntimeError:
         x3 = x.contiguous().view(outer, cols, inner)
-    out3 = out.view(outer, cols, inner)
-    plan = fit_to_pipelines(lambda cap: softmax_plan(x.dtype, outer, cols, inner, x3.stride(), out3.stride(), log=log,
-                                                     vector_ok=vector_ok(x3), policy=capped(config.softmax, cap)),
-                            backend)
-    run_plan(plan, {"out": out3, "x": x3}, backend)
+    run_launch(softmax_launch(Operand.of(x3), log, runtime), out.view(outer, cols, inner), runtime)
     return out
 
 
@@ -103,10 +115,10 @@ def softmax(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
     NaN as ATen does. The output is always contiguous.
     """
     d = _check(input, dim, log)
-    backend = metal_backend(input)
-    if backend is None:
+    runtime = metal_runtime(input.device, input.dtype)
+    if runtime is None:
         return softmax_reference(input, dim, log)
-    return _run_metal(input, d, log, backend)
+    return _run_metal(input, d, log, runtime)
 
 
 @softmax.register_fake

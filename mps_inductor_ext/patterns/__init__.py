@@ -3,9 +3,9 @@
 Each family module exposes `match(node) -> Rewrite | NearMiss | None`, anchored
 at one node of the graph: of Dynamo's torch-level graph (torch.compile), or of
 torch.export's training-IR aten graph (aoti_compile_and_package); fx.py folds
-both spellings. `apply` walks the graph once per family, in an order where a
-larger pattern (eager attention, which contains a softmax) runs before the
-patterns it contains. Both graphs are the same on a Mac and elsewhere: the
+both spellings. `apply` walks the graph once per family, in the order of
+`families.FAMILIES`, where a larger pattern (eager attention, which contains a
+softmax) runs before the patterns it contains. Both graphs are the same on a Mac and elsewhere: the
 per-device decompositions that split SDPA or softmax into different aten graphs
 come later, in AOTAutograd.
 """
@@ -20,9 +20,9 @@ import torch
 from torch.fx import Graph, Node
 
 from .. import config, diagnostics
+from ..families import FAMILIES
+from ..ops.common import metal_runtime
 from .fx import drop_metadata_checks, erase_dead, erased, tensor
-
-ORDER = ("attention", "rope", "rms_norm", "layer_norm", "softmax")
 
 
 @dataclasses.dataclass
@@ -46,26 +46,19 @@ class NearMiss:
     reason: str
 
 
-def _families() -> dict[str, Callable[[Node], Rewrite | NearMiss | None]]:
-    from . import attention, layer_norm, rms_norm, rope, softmax
-
-    return {"attention": attention.match, "rope": rope.match, "rms_norm": rms_norm.match,
-            "layer_norm": layer_norm.match, "softmax": softmax.match}
-
-
 def metal_device(inputs: Sequence[object]) -> bool:
-    """Whether the op's inputs live where a Metal kernel runs: MPS, or the CPU under emulation."""
-    devices = {t.device.type for t in (tensor(i) for i in inputs) if t is not None}
-    return devices == {"mps"} or (devices == {"cpu"} and config.emulate_metal)
+    """Whether the op's inputs all live where one Metal runtime serves them (ops.common.metal_runtime;
+    their dtypes are the matchers' to refuse, with a near miss that says so)."""
+    runtimes = {metal_runtime(t.device) for t in (tensor(i) for i in inputs) if t is not None}
+    return len(runtimes) == 1 and None not in runtimes
 
 
 def apply(graph: Graph) -> collections.Counter:
     """Replaces every match in `graph`; returns how many of each kind."""
     done: collections.Counter = collections.Counter()
     drop_metadata_checks(graph)
-    families = _families()
-    for kind in ORDER:
-        match = families[kind]
+    for family in FAMILIES:
+        kind, match = family.name, family.resolve("pattern")
         for node in list(graph.nodes):
             if erased(node):  # by an earlier rewrite
                 continue

@@ -1,28 +1,23 @@
-"""Health checks for the mpsk ops: what `python -m mps_inductor_ext doctor` runs.
+"""The doctor's cases for each op family: what `python -m mps_inductor_ext doctor` runs.
 
-Each op registers a small standard set of cases and a PyTorch reference:
-
-    from mps_inductor_ext.ops.checks import Case, register_check
-    register_check("softmax", my_cases, my_reference)
-
-``cases_fn()`` yields `Case` objects whose tensors are on the CPU (the doctor moves them to the
-device of the active shader backend); ``reference_fn(*case.args, **case.kwargs)`` computes the
-expected output with ATen. An op registered under ``torch.ops.mpsk`` without a check is a doctor
-failure, so a new op cannot silently go unchecked. The norm checks are registered at the end of
-this module; other op modules may register theirs where the op is defined.
+For each family (families.FAMILIES) `<name>_cases()` yields `Case`s whose tensors are on the CPU
+(the doctor moves them to the device of the active shader runtime) and `<name>_reference(*args,
+**kwargs)` computes the expected output with ATen, in higher precision where the op's own
+reference would round differently from an fp32-accumulating kernel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from . import attention, norm
+
 # The kernels-and-ops issue's tolerances (rtol = atol) per output dtype.
 TOLERANCES: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-NAMESPACE = "mpsk"
 
 
 @dataclass(frozen=True)
@@ -33,48 +28,6 @@ class Case:
     args: tuple
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     tol: float | None = None
-
-
-@dataclass(frozen=True)
-class Check:
-    op: str
-    cases_fn: Callable[[], Iterable[Case]]
-    reference_fn: Callable[..., Any]
-
-
-_checks: dict[str, Check] = {}
-
-
-def op_name(name: str) -> str:
-    """``"mpsk::rms_norm"``, ``"mpsk.rms_norm"`` or ``"rms_norm"`` -> ``"rms_norm"``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"op name must be a non-empty string, got {name!r}")
-    for prefix in (f"{NAMESPACE}::", f"{NAMESPACE}."):
-        name = name.removeprefix(prefix)
-    if not name.isidentifier():
-        raise ValueError(f"not an op name: {name!r}")
-    return name
-
-
-def register_check(op: str, cases_fn: Callable[[], Iterable[Case]], reference_fn: Callable[..., Any]) -> None:
-    """Registers the doctor's cases and reference for ``torch.ops.mpsk.<op>``; one check per op."""
-    name = op_name(op)
-    if not callable(cases_fn) or not callable(reference_fn):
-        raise TypeError("register_check(op, cases_fn, reference_fn): cases_fn and reference_fn must be callable")
-    if name in _checks:
-        raise ValueError(f"a doctor check for mpsk.{name} is already registered")
-    _checks[name] = Check(name, cases_fn, reference_fn)
-
-
-def get_check(op: str) -> Check | None:
-    return _checks.get(op_name(op))
-
-
-def registered_ops() -> list[str]:
-    """Every op under ``torch.ops.mpsk`` the dispatcher knows, checked or not (the doctor's to-do list)."""
-    prefix = f"{NAMESPACE}::"
-    names = {n[len(prefix):].split(".", 1)[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix)}
-    return sorted(names)
 
 
 # ---------------------------------------------------------------- rms_norm and layer_norm
@@ -91,7 +44,7 @@ def _shape_label(shape: tuple, dtype: torch.dtype) -> str:
     return f"{str(dtype).removeprefix('torch.')} {'x'.join(map(str, shape))}"
 
 
-def _rms_norm_cases() -> Iterable[Case]:
+def rms_norm_cases() -> Iterable[Case]:
     for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
         x = torch.randn(shape, generator=_gen(i)).to(dtype)
         w = torch.randn(shape[-1], generator=_gen(100 + i)).to(dtype)
@@ -101,13 +54,12 @@ def _rms_norm_cases() -> Iterable[Case]:
     yield Case("float32 4x96 weight offset 1", (x, 0.1 * torch.randn(96, generator=_gen(8)), 1e-6, 1.0))
 
 
-def _rms_norm_reference(x, weight, eps, weight_offset=0.0):
-    from .norm import rms_norm_reference
+def rms_norm_reference(x, weight, eps, weight_offset=0.0):
+    """The op's own reference (fp32 math)."""
+    return norm.rms_norm_reference(x, weight, eps, weight_offset)
 
-    return rms_norm_reference(x, weight, eps, weight_offset)
 
-
-def _layer_norm_cases() -> Iterable[Case]:
+def layer_norm_cases() -> Iterable[Case]:
     for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
         x = (torch.randn(shape, generator=_gen(i)) + 0.5).to(dtype)
         w = torch.randn(shape[-1], generator=_gen(200 + i)).to(dtype)
@@ -116,15 +68,11 @@ def _layer_norm_cases() -> Iterable[Case]:
     yield Case("float32 4x96 no affine", (torch.randn(4, 96, generator=_gen(9)), None, None, 1e-5))
 
 
-def _layer_norm_reference(x, weight, bias, eps):
+def layer_norm_reference(x, weight, bias, eps):
     """F.layer_norm in float32 (ATen's half CPU kernel rounds more than the fp32-accumulating kernel)."""
     f = None if weight is None else weight.float()
     b = None if bias is None else bias.float()
     return torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), f, b, eps).to(x.dtype)
-
-
-register_check("rms_norm", _rms_norm_cases, _rms_norm_reference)
-register_check("layer_norm", _layer_norm_cases, _layer_norm_reference)
 
 
 # ---------------------------------------------------------------- attention
@@ -132,7 +80,7 @@ register_check("layer_norm", _layer_norm_cases, _layer_norm_reference)
 ATTENTION_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def _attention_cases() -> Iterable[Case]:
+def attention_cases() -> Iterable[Case]:
     """Prefill and decode, causal, GQA, bool and additive masks, a window, uneven head dims."""
     shapes = [  # (B, Hq, Hkv, Sq, Skv, D, Dv), options
         ((1, 2, 2, 5, 5, 16, 16), {}),
@@ -159,23 +107,18 @@ def _attention_cases() -> Iterable[Case]:
                ATTENTION_TOL[torch.float16])
 
 
-def _attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
+def attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
     """mpsk's ATen reference in float64, cast back to q's dtype."""
-    from .attention import attention_reference
-
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         attn_mask = attn_mask.double()
-    out = attention_reference(q.double(), k.double(), v.double(), attn_mask, scale, is_causal, window)
+    out = attention.attention_reference(q.double(), k.double(), v.double(), attn_mask, scale, is_causal, window)
     return out.to(q.dtype)
-
-
-register_check("attention", _attention_cases, _attention_reference)
 
 
 # ---------------------------------------------------------------- softmax and rope
 
 
-def _softmax_cases() -> Iterable[Case]:
+def softmax_cases() -> Iterable[Case]:
     """Last-dim rows of every length class (1, odd, vector-aligned, past online_above), both forms;
     then a middle and a leading dim, where the kernel walks strided rows."""
     for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
@@ -187,7 +130,7 @@ def _softmax_cases() -> Iterable[Case]:
     yield Case("float32 2x33x5 dim 0 log", (x, 0, True))
 
 
-def _softmax_reference(x, dim, log=False):
+def softmax_reference(x, dim, log=False):
     """ATen's softmax in float32, rounded once to x's dtype (the op's contract)."""
     return (torch.log_softmax if log else torch.softmax)(x.float(), dim).to(x.dtype)
 
@@ -201,7 +144,7 @@ ROPE_SHAPES = [  # (B, H, S, D), R, the shape cos and sin broadcast from
 ]
 
 
-def _rope_cases() -> Iterable[Case]:
+def rope_cases() -> Iterable[Case]:
     """rotate_half and interleaved, full and partial rotary, tables broadcast over batch or heads;
     cos and sin are arbitrary values, not one real table, so a cos/sin or index mix-up shows."""
     i = 0
@@ -216,7 +159,7 @@ def _rope_cases() -> Iterable[Case]:
                 i += 1
 
 
-def _rope_reference(x, cos, sin, interleaved=False):
+def rope_reference(x, cos, sin, interleaved=False):
     """The models' own formulas in float32: HF Llama's rotate_half, GPT-J's rotate_every_two."""
     rot = cos.shape[-1]
     x1 = x[..., :rot].float()
@@ -226,7 +169,3 @@ def _rope_reference(x, cos, sin, interleaved=False):
         rotated = torch.cat((-x1[..., rot // 2:], x1[..., : rot // 2]), dim=-1)
     out = x1 * cos.float() + rotated * sin.float()
     return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
-
-
-register_check("softmax", _softmax_cases, _softmax_reference)
-register_check("rope", _rope_cases, _rope_reference)

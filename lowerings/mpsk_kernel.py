@@ -1,8 +1,9 @@
-"""`MetalKernel`: an Inductor IR node that renders one mpsk op's LaunchPlan into generated code.
+"""`MpskKernel`: an Inductor IR node that renders one mpsk op's launch into generated code.
 
-The op's plan builder (ops/*.py) stays the only place launch logic lives; this node only
-renders the plan it produced, the way `ops.launch.run_plan` drives the shader runtime, into
-either wrapper:
+(Not to be confused with Inductor's own `MetalKernel` in codegen/mps.py, the kernels Inductor
+writes itself.) The op's launch function (`ops/<op>.py`, `<name>_launch`) stays the only place
+launch logic lives; this node only renders the plan it produced, the way `ops.launch.run_plan`
+drives the shader runtime, into either wrapper:
 
 - Python: module-level `ShaderLibrary(source, backend)` / `get_kernel_function(name)` once per
   distinct source and kernel (as Inductor's own MPS kernels define their libraries in the
@@ -31,9 +32,10 @@ from torch._inductor import ir
 from torch._inductor.virtualized import V
 from torch.utils._sympy.functions import FloorDiv
 
-from ..ops.launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg
+from ..ops.launch import IntArg, KernelLaunch, Scratch, TensorArg
+from ..ops.operands import OpLaunch
 
-# Per wrapper object: (backend, source) -> library name, (library name, kernel) -> function name.
+# Per wrapper object: (runtime, source) -> library name, (library name, kernel) -> function name.
 _NAMES_ATTR = "_mpsk_metal_names"
 SHIM_INCLUDE = "#include <torch/csrc/inductor/aoti_torch/c/shim_mps.h>"
 _RAW_DELIMITER = "MPSK"  # C++ raw string delimiter around Metal sources
@@ -61,30 +63,36 @@ def _names(wrapper) -> tuple[dict, dict]:
     return wrapper.__dict__.setdefault(_NAMES_ATTR, ({}, {}))
 
 
-class MetalKernel(ir.ExternKernelOut):
-    """One mpsk op call lowered to Metal kernel launches described by `plan`.
+class MpskKernel(ir.ExternKernelOut):
+    """One mpsk op call lowered to the Metal kernel launches of `launch`.
 
-    `tensors` maps each plan tensor name to an index into `inputs` and the dtype the kernel
-    reads it as (None: its own; torch.uint8 for a bool mask, as the eager op binds it); the
-    name "out" is this node's own buffer. `substitutions` maps stand-in symbols the lowering
-    gave the plan builder back to the graph's size expressions (see lowerings.ops).
+    Its inputs are the launch's distinct operand buffers; `tensors` maps each plan tensor name to
+    an index into them and the dtype the kernel reads it as (None: its own; torch.uint8 for a bool
+    mask, as the eager op binds it); the name "out" is this node's own buffer. `substitutions`
+    maps stand-in symbols the lowering gave the launch function back to the graph's size
+    expressions (lowerings.decided_size). `runtime` is where the kernels run: "mps", or "cpu" for
+    the emulator.
     """
 
     def __init__(
         self,
         layout: ir.Layout,
-        inputs: list[ir.IRNode],
+        launch: OpLaunch,
         *,
-        plan: LaunchPlan,
-        tensors: Mapping[str, tuple[int, torch.dtype | None]],
-        backend: str,
+        runtime: str,
         op: torch._ops.OpOverload,
         substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
     ) -> None:
+        inputs: list[ir.IRNode] = []
+        tensors: dict[str, tuple[int, torch.dtype | None]] = {}
+        for name, operand in launch.operands.items():
+            if not any(operand.value is i for i in inputs):
+                inputs.append(operand.value)
+            tensors[name] = (next(n for n, i in enumerate(inputs) if i is operand.value), operand.read_as)
         super().__init__(layout, inputs, python_kernel_name=f"mpsk_metal.{op._opname}", op_overload=op)
-        self.plan = plan
-        self.tensors = dict(tensors)
-        self.backend = backend
+        self.tensors = tensors
+        self.plan = launch.plan
+        self.runtime = runtime
         self.substitutions = dict(substitutions or {})
 
     def size(self, value) -> sympy.Expr:
@@ -101,9 +109,9 @@ class MetalKernel(ir.ExternKernelOut):
 
 
 class _LaunchWriter(abc.ABC):
-    """Renders a MetalKernel's plan: scratch buffers, then each launch's argument binding and dispatch."""
+    """Renders an MpskKernel's plan: scratch buffers, then each launch's argument binding and dispatch."""
 
-    def __init__(self, node: MetalKernel, wrapper) -> None:
+    def __init__(self, node: MpskKernel, wrapper) -> None:
         self.node, self.wrapper = node, wrapper
         self.prefix = node.get_name()
 
@@ -124,7 +132,7 @@ class _LaunchWriter(abc.ABC):
     def function(self, launch: KernelLaunch) -> str:
         """The wrapper-level kernel function name, defining library and function once per wrapper."""
         libs, fns = _names(self.wrapper)
-        key = (self.node.backend, launch.source)
+        key = (self.node.runtime, launch.source)
         lib = libs.get(key)
         if lib is None:
             lib = libs[key] = f"mpsk_lib_{len(libs)}"
@@ -188,7 +196,7 @@ class PythonLaunchWriter(_LaunchWriter):
         # A raw triple-quoted string keeps the Metal source readable (and its macros' line
         # continuations intact); repr is the fallback for a source that contains the quotes.
         text = f"r'''{source}'''" if "'''" not in source and not source.endswith("\\") else repr(source)
-        self.wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {self.node.backend!r}, strict=True)")
+        self.wrapper.header.writeline(f"{lib} = ShaderLibrary({text}, {self.node.runtime!r}, strict=True)")
 
     def define_function(self, fn: str, lib: str, kernel: str) -> None:
         self.wrapper.header.writeline(f"{fn} = {lib}.get_kernel_function({kernel!r})")
@@ -215,7 +223,7 @@ class CppLaunchWriter(_LaunchWriter):
 
     def begin(self) -> None:
         libs, _ = _names(self.wrapper)
-        if not libs:  # first MetalKernel in this wrapper
+        if not libs:  # first MpskKernel in this wrapper
             self.wrapper.header.writeline(SHIM_INCLUDE)
         self.wrapper.writeline("{")
 
