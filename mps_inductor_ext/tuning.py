@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .shaders.emulator.toolchain import cache_dir, write_atomically
+from .shaders.emulator.cache import cache_dir, store
 
 _lock = threading.Lock()
 _memo: dict[str, dict[str, int]] = {}
@@ -73,8 +73,7 @@ def record(kernel: str, dtype: torch.dtype, cols: int, threads: int) -> None:
         table = _load()
         table[key] = threads
         target = path()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, json.dumps(table, indent=1, sort_keys=True).encode())
+        store(target, json.dumps(table, indent=1, sort_keys=True).encode())
 
 
 def clear() -> None:

@@ -30,14 +30,14 @@ def build(name: str, impl: str, **overrides) -> torch.nn.Module:
                   attn_implementation=impl)
     if name == "gpt2":
         cfg = transformers.GPT2Config(n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-                                      bos_token_id=0, eos_token_id=0, **common, **overrides)
+                                      bos_token_id=0, eos_token_id=0, **{**common, **overrides})
         return transformers.GPT2LMHeadModel(cfg)
     config_cls, model_cls = _DECODERS[name]
     extra = {"sliding_window": WINDOW} if name == "mistral" else {}
     if name in ("qwen3", "gemma"):
         extra["head_dim"] = HEAD_DIM
-    cfg = config_cls(intermediate_size=2 * HIDDEN, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
-                     attention_dropout=0.0, **common, **{**extra, **overrides})
+    cfg = config_cls(**{"intermediate_size": 2 * HIDDEN, "num_key_value_heads": KV_HEADS,
+                        "max_position_embeddings": 64, "attention_dropout": 0.0, **common, **extra, **overrides})
     return model_cls(cfg)
 
 

@@ -89,3 +89,36 @@ def test_the_knob_takes_multiples_of_32_up_to_1024(monkeypatch, raw):
         pipeline_thread_limit()
     monkeypatch.delenv(THREAD_LIMIT_VARIABLE)
     assert pipeline_thread_limit() == 1024
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_models_at_lower_limits(limit, family):
+    """A decoder whose hidden size (4096) asks the row kernels for 1024-thread groups: compiled with
+    backend="mpsk" under a lowered limit it replaces what it does at 1024 and matches eager."""
+    from hf_models import build, expected_counts
+
+    model = build(family, "sdpa", hidden_size=4096, num_hidden_layers=1, num_attention_heads=32,
+                  **({} if family == "gpt2" else {"num_key_value_heads": 8, "intermediate_size": 256})).eval()
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    mpsk.reset_counters()
+    with torch.no_grad(), mpsk.config.patch(emulate_metal=True), launched_variants() as launched, \
+            torch._inductor.config.patch(fx_graph_cache=False):
+        got = torch.compile(model, backend="mpsk")(ids).logits
+    assert dict(mpsk.counters) == expected_counts(family, model.config)
+    row_groups = [v for v in launched if v.kernel.startswith(("rms_norm", "layer_norm"))]
+    assert row_groups, "the row kernels must have run"
+    with torch.no_grad():
+        ref = model(ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_every_doctor_case_passes_at_lower_limits(limit):
+    """Every op family's doctor cases (rows past 4096 columns, attention prefill and decode, rope)."""
+    import io
+
+    from mps_inductor_ext.diagnostics import doctor
+
+    out = io.StringIO()
+    assert doctor.run("cpu", out=out) == 0, out.getvalue()

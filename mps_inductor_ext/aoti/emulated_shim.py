@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from ..shaders import KernelFunction, ShaderLibrary
-from ..shaders.emulator import toolchain
+from ..shaders.emulator import cache, toolchain
 
 SOURCE = Path(__file__).with_name("shim_emulator.cpp")
 ABI_VERSION = 1  # MPSK_SHIM_ABI_VERSION in shim_emulator.cpp
@@ -130,7 +130,7 @@ def library_path() -> Path:
                  torch.__version__.encode(), _zig_version().encode()):
         h.update(part)
         h.update(b"\0")
-    return toolchain.cache_dir() / f"aoti-shim-{h.hexdigest()[:32]}.so"
+    return cache.cache_dir() / f"aoti-shim-{h.hexdigest()[:32]}.so"
 
 
 def _clang(args: Sequence[str], cwd: str) -> None:
@@ -144,14 +144,13 @@ def _clang(args: Sequence[str], cwd: str) -> None:
 def build() -> Path:
     """The path of the built shim library, compiling it (about a second) if it is not cached."""
     out = library_path()
-    if out.exists():
+    if cache.lookup(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mpsk-shim-") as tmp:
         _clang([*HEADER_CHECK_FLAGS, str(SOURCE), "-o", str(Path(tmp) / "check.o")], tmp)
         tmp_out = Path(tmp) / "shim.so"
         _clang([*COMPILE_FLAGS, str(SOURCE), "-o", str(tmp_out)], tmp)
-        toolchain.write_atomically(out, tmp_out.read_bytes())
+        cache.store(out, tmp_out.read_bytes())
     return out
 
 

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .. import config, families, shaders
 from ..ops.common import poisoned_outputs
 from ..ops.doctor_cases import TOLERANCES, Case
-from ..shaders.emulator import toolchain
+from ..shaders.emulator import cache as emulator_cache
 
 NAMESPACE = "mpsk"
 
@@ -208,7 +208,7 @@ def run(backend: str = "auto", ops: list[str] | None = None, inject_fault: str |
             print(f"  {'PASS' if r.ok else 'FAIL'}  {r.label:<32} max abs error {err}{tol}{msg}", file=out)
         failed += len(bad)
         passed += len(results) - len(bad)
-    cache = toolchain.cache_dir()
+    cache = emulator_cache.cache_dir()
     n_files, n_bytes = cache_size(cache)
     print(f"\nemulator compiler cache: {cache} ({n_files} files, {_fmt_bytes(n_bytes)})"
           + ("" if os.environ.get("MPSK_CACHE_DIR") else "; set MPSK_CACHE_DIR to move it"), file=out)

@@ -2,7 +2,7 @@
 
 It links against libtorch's C++ API, so it needs the compiler libtorch was built with (g++ and
 libstdc++, with torch's `_GLIBCXX_USE_CXX11_ABI`); zig's clang, which links libc++, cannot. A
-build takes about fifteen seconds; the library is cached beside the emulator's (toolchain.cache_dir())
+build takes about fifteen seconds; the library is cached beside the emulator's (cache.cache_dir())
 under a key of the source, the flags, torch's version and the compiler's version.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..shaders.emulator import toolchain
+from ..shaders.emulator import cache
 
 SOURCE = Path(__file__).with_name("device.cpp")
 TORCH_DIR = Path(torch.__file__).parent
@@ -67,7 +67,7 @@ def cached_path(name: str, source: bytes) -> Path:
     for part in (source, "\0".join(_flags()).encode(), torch.__version__.encode(), _compiler_version(cxx).encode()):
         h.update(part)
         h.update(b"\0")
-    return toolchain.cache_dir() / f"{name}-{h.hexdigest()[:32]}.so"
+    return cache.cache_dir() / f"{name}-{h.hexdigest()[:32]}.so"
 
 
 def compile_cached(name: str, source: str, what: str) -> Path:
@@ -75,9 +75,8 @@ def compile_cached(name: str, source: str, what: str) -> Path:
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"{what} is built for Linux only, not {sys.platform}")
     out = cached_path(name, source.encode())
-    if out.exists():
+    if cache.lookup(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     flags = _flags()
     with tempfile.TemporaryDirectory(prefix=f"mpsk-{name}-") as tmp:
         src, tmp_out = Path(tmp) / f"{name}.cpp", Path(tmp) / f"{name}.so"
@@ -87,7 +86,7 @@ def compile_cached(name: str, source: str, what: str) -> Path:
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"building {what} failed:\n{proc.stderr.strip()[-4000:]}")
-        toolchain.write_atomically(out, tmp_out.read_bytes())
+        cache.store(out, tmp_out.read_bytes())
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..shaders.emulator import toolchain
+from ..shaders.emulator import cache
 from . import build as device_build
 from .install import installed
 
@@ -173,12 +173,11 @@ def _generator_key() -> str:
 
 def _cached_source() -> str:
     """source(), kept on disk under _generator_key(): generating it takes torchgen about two seconds."""
-    path = toolchain.cache_dir() / f"emulated-mps-c-shim-source-{_generator_key()}.cpp"
-    if path.exists():
+    path = cache.cache_dir() / f"emulated-mps-c-shim-source-{_generator_key()}.cpp"
+    if cache.lookup(path, library=False):
         return path.read_text()
     text = source()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    toolchain.write_atomically(path, text.encode())
+    cache.store(path, text.encode())
     return text
 
 

@@ -1,9 +1,8 @@
 """Builds Metal source into a shared library with clang from the ziglang wheel.
 
-Built libraries are cached on disk, keyed by a hash of the source, the compiler
-flags, the compatibility headers and this package's pre-pass, so a second run
-compiles nothing. The cache lives in $MPSK_CACHE_DIR, else
-$XDG_CACHE_HOME/mps_inductor_ext/emulator, else ~/.cache/mps_inductor_ext/emulator.
+Built libraries are cached on disk (cache.py: a private directory, entries checked
+before they are loaded), keyed by a hash of the source, the compiler flags, the
+compatibility headers and this package's pre-pass, so a second run compiles nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ import os
 import re
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
-from . import prepass
+from . import cache, prepass
+from .cache import cache_dir, store
 
 INCLUDE_DIR = Path(__file__).parent / "include"
 
@@ -58,21 +57,6 @@ COMPILE_FLAGS = (
     "-Wno-unused-command-line-argument",
     "-Wno-c++17-extensions",
 )
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes `path` through a staging file beside it, so no reader ever sees a partial file."""
-    staged = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    staged.write_bytes(data)
-    os.replace(staged, path)
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("MPSK_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mps_inductor_ext" / "emulator"
 
 
 @functools.cache
@@ -202,9 +186,8 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None) -
     if not source.strip():
         raise ValueError("shader source is empty")
     out = library_path(source, constants)
-    if out.exists():
+    if cache.lookup(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mpsk-build-") as tmp:
         src = Path(tmp) / "shader.metal"
         src.write_text(source)
@@ -226,5 +209,5 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None) -
                 _clang([*compile_args, "-DMPSK_GENERIC_SPACES"], tmp)
             except SyntaxError:
                 raise first from None
-        write_atomically(out, tmp_out.read_bytes())
+        store(out, tmp_out.read_bytes())
     return out

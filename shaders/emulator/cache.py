@@ -1,0 +1,131 @@
+"""The on-disk cache of built libraries, which must be as trusted as the package itself.
+
+Loading a cached library runs its code, so:
+- the cache directory must be owned by this user and writable by no one else (checked every time
+  it is used; created 0700 whatever the umask);
+- an entry is used only if it is a regular file (not a symlink) owned by this user, writable by
+  no one else, and, for a library, a whole ELF file; a truncated or zeroed entry is removed and
+  rebuilt rather than loaded;
+- entries are written whole through a staging file with an unpredictable name, created
+  exclusively (so a planted symlink cannot redirect the write), and renamed into place;
+- a full disk, a read-only cache or an MPSK_CACHE_DIR that is not a directory are errors that
+  name the directory and the variable.
+
+The cache lives in $MPSK_CACHE_DIR, else $XDG_CACHE_HOME/mps_inductor_ext/emulator, else
+~/.cache/mps_inductor_ext/emulator.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+
+VARIABLE = "MPSK_CACHE_DIR"
+_ELF_MAGIC = b"\x7fELF"
+
+
+class UntrustedCacheError(PermissionError):
+    """The cache directory or an entry in it could have been written by someone else."""
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(VARIABLE)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mps_inductor_ext" / "emulator"
+
+
+def _where(path: Path) -> str:
+    how = f"${VARIABLE}" if os.environ.get(VARIABLE) else f"the default (set {VARIABLE} to move it)"
+    return f"the emulator's cache {path} ({how})"
+
+
+def _check_owned(path: Path, st: os.stat_result, what: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise UntrustedCacheError(f"mpsk: {what} {path} belongs to user {st.st_uid}, not to you ({os.geteuid()}); "
+                                  f"its code would run as you. Use a cache of your own ({VARIABLE}).")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = f"{stat.S_IMODE(st.st_mode):o}"
+        raise UntrustedCacheError(f"mpsk: {what} {path} is writable by other users (mode {mode}), so anyone could "
+                                  f"plant code in it; run `chmod go-w {path}` or set {VARIABLE} to a private directory")
+
+
+def directory() -> Path:
+    """The cache directory, created private if missing, checked to be this user's alone."""
+    path = cache_dir()
+    try:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for p in reversed(missing):  # the ones this package creates are private
+            try:
+                os.mkdir(p, 0o700)
+            except FileExistsError:
+                continue  # created meanwhile by another process; the leaf is checked below
+            os.chmod(p, 0o700)  # mkdir's mode is filtered by the umask
+    except NotADirectoryError as e:
+        raise NotADirectoryError(f"mpsk: {_where(path)} cannot be created: {e.filename} is a file") from None
+    except PermissionError as e:
+        raise PermissionError(f"mpsk: {_where(path)} cannot be created ({e.strerror}); set {VARIABLE} to a "
+                              f"writable directory") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise NotADirectoryError(f"mpsk: {_where(path)} is {kind}; set {VARIABLE} to a directory of your own")
+    _check_owned(path, st, "the cache directory")
+    return path
+
+
+def _whole_elf(path: Path, size: int) -> bool:
+    """A 64-bit little-endian ELF file no shorter than its own section header table says."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+    if len(header) < 64 or header[:4] != _ELF_MAGIC or header[4] != 2 or header[5] != 1:
+        return False
+    (shoff,) = struct.unpack_from("<Q", header, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
+    return shoff + shentsize * shnum <= size
+
+
+def lookup(path: Path, library: bool = True) -> bool:
+    """Whether `path` holds a usable entry. A damaged one (empty, truncated, not ELF) is removed so it
+    is rebuilt; one that someone else could have written is an error, never loaded."""
+    directory()
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedCacheError(f"mpsk: cache entry {path} is not a regular file (a symlink?); remove it")
+    _check_owned(path, st, "cache entry")
+    if library and not _whole_elf(path, st.st_size):
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def store(path: Path, data: bytes) -> None:
+    """Writes `path` whole: an exclusively created staging file beside it, renamed into place (mode
+    0644 whatever the umask). Inside the cache directory, that directory is checked first."""
+    folder = directory() if path.parent == cache_dir() else path.parent
+    staged = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, staged = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.replace(staged, path)
+    except OSError as e:
+        if staged is not None:
+            Path(staged).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"mpsk: no space left for {_where(folder)}; free some, or set {VARIABLE} "
+                                   f"elsewhere") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(e.errno, f"mpsk: {_where(folder)} is not writable ({e.strerror}); set "
+                                           f"{VARIABLE} to a writable directory") from None
+        raise
