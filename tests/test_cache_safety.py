@@ -163,3 +163,21 @@ def test_a_full_or_read_only_cache_is_named_and_leaves_nothing_behind(cache_at, 
         toolchain.build(source())
     assert list(cache_at.iterdir()) == []
 
+
+
+def test_the_cache_is_bounded_least_recently_used_first(cache_at, monkeypatch):
+    first, second, third = source(), source(), source()
+    old = toolchain.build(first)
+    newer = toolchain.build(second)
+    os.utime(old, (1, 1))  # `first` was used long ago
+    budget = old.stat().st_size + newer.stat().st_size + 4096  # room for two of the three
+    monkeypatch.setattr(cache, "max_bytes", lambda: budget)
+    newest = toolchain.build(third)
+    assert newest.exists() and newer.exists() and not old.exists()
+    assert runs(first)  # rebuilt on demand
+
+
+def test_the_bound_must_be_a_positive_size(monkeypatch):
+    monkeypatch.setenv(cache.SIZE_VARIABLE, "lots")
+    with pytest.raises(ValueError, match="MPSK_CACHE_MAX_MB must be a positive number"):
+        cache.max_bytes()

@@ -9,7 +9,9 @@ Loading a cached library runs its code, so:
 - entries are written whole through a staging file with an unpredictable name, created
   exclusively (so a planted symlink cannot redirect the write), and renamed into place;
 - a full disk, a read-only cache or an MPSK_CACHE_DIR that is not a directory are errors that
-  name the directory and the variable.
+  name the directory and the variable;
+- it is bounded (MPSK_CACHE_MAX_MB, default 2048): storing past the bound removes the entries
+  least recently used (every distinct eps or scale specializes a library of its own).
 
 The cache lives in $MPSK_CACHE_DIR, else $XDG_CACHE_HOME/mps_inductor_ext/emulator, else
 ~/.cache/mps_inductor_ext/emulator.
@@ -25,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 VARIABLE = "MPSK_CACHE_DIR"
+SIZE_VARIABLE = "MPSK_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 2048
 _ELF_MAGIC = b"\x7fELF"
 
 
@@ -104,7 +108,36 @@ def lookup(path: Path, library: bool = True) -> bool:
     if library and not _whole_elf(path, st.st_size):
         path.unlink(missing_ok=True)
         return False
+    os.utime(path)  # recently used: the last to go when the cache is pruned
     return True
+
+
+def max_bytes() -> int:
+    raw = os.environ.get(SIZE_VARIABLE, "").strip() or str(DEFAULT_MAX_MB)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{SIZE_VARIABLE} must be a positive number of megabytes, got {raw!r}")
+    return int(raw) << 20
+
+
+def prune(keep: Path) -> None:
+    """Removes the least recently used entries of the cache directory until it fits max_bytes(),
+    never `keep` (the entry just stored). A library already loaded stays mapped in its process."""
+    limit = max_bytes()
+    entries = []
+    for p in cache_dir().iterdir():
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and not p.name.startswith("."):
+            entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        if p != keep:
+            p.unlink(missing_ok=True)
+            total -= size
 
 
 def store(path: Path, data: bytes) -> None:
@@ -119,6 +152,8 @@ def store(path: Path, data: bytes) -> None:
             os.fchmod(f.fileno(), 0o644)
             f.write(data)
         os.replace(staged, path)
+        if folder == cache_dir():
+            prune(keep=path)
     except OSError as e:
         if staged is not None:
             Path(staged).unlink(missing_ok=True)
