@@ -238,7 +238,10 @@ def chromium_text(path: Path, tmp_path: Path) -> str:
     """The page as a real browser renders it: headless Chromium's DOM after load, tags stripped."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("chromium is not installed (apt-get install -y chromium chromium-driver; .ci/run does this)")
+        why = "no chromium browser on this machine (apt-get install -y chromium; .ci/run installs it)"
+        if os.environ.get("MPSK_REQUIRE_BROWSER") == "1":  # set by .ci/run: there, a missing browser is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
            "--dump-dom", path.resolve().as_uri()]

@@ -197,3 +197,30 @@ def test_mistral_window_matters():
         windowed = build("mistral", "sdpa")(input_ids=ids).logits
         full = build("mistral", "sdpa", sliding_window=None)(input_ids=ids).logits
     assert not torch.allclose(windowed, full, rtol=TOL, atol=TOL)
+
+
+def greedy_tokens(model, ids: torch.Tensor, new: int = 4) -> list[int]:
+    with torch.no_grad(), mpsk.config.patch(emulate_metal=True):
+        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                             cache_implementation="static", disable_compile=True, pad_token_id=0)
+    return out[0].tolist()
+
+
+@pytest.mark.slow
+def test_generate_runs_compiled_only_when_the_modules_calls_are():
+    """The README's forms: `model.compile(backend="mpsk")` makes generate's forward calls compiled
+    (replacements counted, eager's tokens); `torch.compile(model).generate` is the original
+    module's method, so it compiles nothing."""
+    ids = inputs(6, seed=3)
+    expected = greedy_tokens(build("llama", "sdpa").eval(), ids)
+
+    torch._dynamo.reset()
+    mpsk.reset_counters()
+    wrapped = torch.compile(build("llama", "sdpa").eval(), backend="mpsk")
+    assert greedy_tokens(wrapped, ids) == expected and not mpsk.counters
+
+    torch._dynamo.reset()
+    model = build("llama", "sdpa").eval()
+    model.compile(backend="mpsk")
+    assert greedy_tokens(model, ids) == expected
+    assert mpsk.counters["rms_norm"] > 0 and mpsk.counters["attention"] > 0
