@@ -10,7 +10,7 @@ import torch
 from torch._inductor import config as inductor_config
 from torch._inductor.compile_fx import compile_fx
 
-from . import diagnostics, lowerings
+from . import attempts, diagnostics, lowerings
 from .ops.common import metal_runtime
 from .passes import MpskGraphPass, RecordAtenGraph, check_patterns_setting
 
@@ -67,7 +67,7 @@ def mpsk_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[object], **k
     patches.setdefault("post_grad_custom_post_pass", RecordAtenGraph())
     # A hit in AOTAutograd's cache skips the pre-grad passes, so counters and diagnostics
     # would miss that compilation; Inductor's FX graph cache (keyed by the pass's uuid) stays on.
-    with torch._functorch.config.patch(enable_autograd_cache=False):
+    with torch._functorch.config.patch(enable_autograd_cache=False), attempts.attempt():
         return compile_fx(gm, example_inputs, config_patches=patches)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from . import config, diagnostics, patterns, tuning
+from . import attempts, config, diagnostics, patterns, tuning
 
-# Replacements by kind ("rms_norm", ...) over compilations since reset_counters().
+# Replacements by kind ("rms_norm", ...) over the compilations completed since reset_counters().
 counters: collections.Counter = collections.Counter()
 
 
@@ -38,7 +38,7 @@ class MpskGraphPass(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         check_patterns_setting()
         done = patterns.apply(graph)
-        counters.update(done)
+        attempts.defer(lambda: counters.update(done))
         graph.lint()
 
     def uuid(self) -> str:

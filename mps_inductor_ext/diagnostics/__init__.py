@@ -10,6 +10,8 @@
   ``"aten"`` after AOTAutograd), `record_replacement(kind, node)` for each subgraph replaced by an
   mpsk op, `record_near_miss(kind, reason, node)` for each one that resembles a pattern but was
   left alone. ``node`` is the FX node (or its ``meta``) whose ``stack_trace`` names the user's line.
+  Replacements and near misses count once their compilation completes (`attempts`): an attempt
+  Dynamo abandons reports nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import attempts
 from .collector import Collector, active_collectors, current_compile_id, location_from_meta
 from .explain import explain
 from .report import (
@@ -78,8 +81,7 @@ def record_replacement(kind: str, node_meta: Any, *, detail: str | None = None) 
     if collectors:
         item = Replacement(kind=kind, location=location_from_meta(node_meta), detail=detail)
         cid = current_compile_id()
-        for c in collectors:
-            c.add_replacement(item, cid)
+        attempts.defer(lambda: [c.add_replacement(item, cid) for c in collectors])
 
 
 def record_near_miss(kind: str, reason: str, node_meta: Any, *, detail: str | None = None) -> None:
@@ -93,8 +95,7 @@ def record_near_miss(kind: str, reason: str, node_meta: Any, *, detail: str | No
     if collectors:
         item = NearMiss(kind=kind, reason=reason, location=location_from_meta(node_meta), detail=detail)
         cid = current_compile_id()
-        for c in collectors:
-            c.add_near_miss(item, cid)
+        attempts.defer(lambda: [c.add_near_miss(item, cid) for c in collectors])
 
 
 _env_collector: Collector | None = None

@@ -31,7 +31,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .. import config
 from ..ops.attention import MAX_HEAD_DIM, TG_MEMORY, decode_tg_bytes, prefill_tiles
-from . import NearMiss, Rewrite, supported_dtype
+from . import NearMiss, Rewrite, fx, supported_dtype
 from .fx import arg, cast_target, constant, insert_call, is_op, op_name, operands, tensor, val
 
 KIND = "attention"
@@ -62,13 +62,13 @@ def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[
         causal, window, mask_nodes = folded
         mask, is_causal, matched = None, is_causal or causal, [*matched, *mask_nodes]
         detail += f" (mask folded: is_causal={is_causal}, window={window})"
-    args = (q, k, v, mask, scale, is_causal, window)
 
     def build(graph):
+        args = (q, k, v, mask, None if scale is None else fx.scalar(scale), is_causal, window)
         return insert_call(graph, anchor, torch.ops.mpsk.attention.default, args)
 
     inputs = [q, k, v] + ([mask] if mask is not None else [])
-    return Rewrite(KIND, anchor, inputs, build, matched, detail)
+    return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale), detail)
 
 
 def _positions(mask: object, q_len: object, kv_len: object) -> tuple[bool, int, list[Node]] | None:
@@ -283,15 +283,21 @@ def _sdpa(node: Node) -> Rewrite | NearMiss | None:
         return NearMiss(KIND, node, f"dropout p={dropout_p} > 0 changes semantics; the op has no dropout")
     if not isinstance(is_causal, bool):
         return NearMiss(KIND, node, "is_causal is computed at run time; the kernel needs it at compile time")
-    if scale is not None and (isinstance(scale, (Node, bool)) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
+    if scale is not None and not _finite_scalar(scale):
         return NearMiss(KIND, node, "the scale is not a finite constant; the kernel needs it at compile time")
     k, v, repeat = _fold_gqa(k, v)
     why = _checks(node, q, k, v, mask)
     if why:
         return NearMiss(KIND, node, why)
-    return _rewrite(node, q, k, v, mask, None if scale is None else float(scale), is_causal, repeat,
-                    "scaled_dot_product_attention")
+    return _rewrite(node, q, k, v, mask, scale, is_causal, repeat, "scaled_dot_product_attention")
+
+
+def _finite_scalar(value: object) -> bool:
+    """A number the kernel can be specialized on (fx.is_scalar) whose present value is finite."""
+    if not fx.is_scalar(value):
+        return False
+    v = val(value) if isinstance(value, Node) else value
+    return math.isfinite(v.node.hint if isinstance(v, (torch.SymFloat, torch.SymInt)) else v)
 
 
 def _single_use(nodes: list[Node]) -> str | None:
@@ -360,8 +366,8 @@ def _scaled(s: object) -> tuple[Node, object, object, list[Node]] | None:
             mm, c = b, a
         else:
             return None
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and op_name(s) == "div":
-            c = 1.0 / c if c else math.inf
+        if op_name(s) == "div":  # a graph value divisor stays unsupported: no constant scale to take
+            c = (1.0 / c if c else math.inf) if isinstance(c, (int, float)) and not isinstance(c, bool) else ("/", c)
         return mm, _qk(mm), c, [s]
     k = _qk(s)
     return (s, k, 1.0, []) if k is not None else None
@@ -403,7 +409,7 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
     if used:
         return NearMiss(KIND, pv, f"an intermediate of the scores ({used}) is used elsewhere, which the op cannot "
                                   "serve")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+    if not _finite_scalar(scale):
         return NearMiss(KIND, pv, "the scores are scaled by a graph value; the kernel needs a constant scale")
     if mask is not None and tensor(mask) is not None and tensor(mask).dtype == torch.bool:
         return NearMiss(KIND, pv, "a bool mask is added to the scores; the op's bool masks select, they do not add")
@@ -411,5 +417,5 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
     why = _checks(pv, q, k, v, mask)
     if why:
         return NearMiss(KIND, pv, why)
-    return _rewrite(pv, q, k, v, mask, float(scale), False, [*weights, *before, mm.args[1], *repeat],
+    return _rewrite(pv, q, k, v, mask, scale, False, [*weights, *before, mm.args[1], *repeat],
                     "eager attention")

@@ -116,6 +116,32 @@ def constant(value: object) -> Any:
     return value
 
 
+def is_scalar(value: object) -> bool:
+    """Whether `value` is a number a kernel can be specialized on: a Python int or float, or a graph
+    scalar with a known value. `dynamic=True` makes Dynamo lift float module attributes (an RMSNorm's
+    `variance_epsilon`, the attention `scaling`) to graph inputs read with `.item()`: symbolic, but
+    with the value they hold now."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    v = val(value) if isinstance(value, Node) else None
+    return isinstance(v, (torch.SymFloat, torch.SymInt)) and v.node.has_hint()
+
+
+def scalar(value: object) -> float:
+    """The value of an `is_scalar` number. A symbolic one is guarded to it: the compiled code is
+    specialized on it, and Dynamo recompiles should it ever change (these attributes do not). Call
+    it when building the replacement, so a declined match adds no guard."""
+    v = val(value) if isinstance(value, Node) else value
+    return float(v)
+
+
+def scalar_nodes(value: object) -> list[Node]:
+    """The graph node a symbolic scalar comes from (its `.item()`), to die with the match."""
+    return [value] if isinstance(value, Node) else []
+
+
 def last_dim(dim: object, ndim: int) -> bool:
     """Whether `dim` names the last dimension of an `ndim`-dimensional tensor."""
     if isinstance(dim, (list, tuple)):

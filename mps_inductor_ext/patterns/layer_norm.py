@@ -6,7 +6,7 @@ import torch
 from torch.fx import Node
 
 from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, constant, insert_call, op_name, tensor
+from .fx import arg, constant, insert_call, is_scalar, op_name, scalar, scalar_nodes, tensor
 
 KIND = "layer_norm"
 
@@ -21,7 +21,7 @@ def match(node: Node) -> Rewrite | NearMiss | None:
         return None
     if not isinstance(shape, (list, tuple)) or len(shape) != 1:
         return NearMiss(KIND, node, "normalizes over more than the last dimension")
-    if isinstance(eps, Node):
+    if not is_scalar(eps):
         return NearMiss(KIND, node, "eps is computed at run time; the kernel needs it at compile time")
     why = supported_dtype(x, weight, bias)
     for name, t in (("weight", weight), ("bias", bias)):
@@ -32,6 +32,6 @@ def match(node: Node) -> Rewrite | NearMiss | None:
         return NearMiss(KIND, node, why)
 
     def build(graph):
-        return insert_call(graph, node, torch.ops.mpsk.layer_norm.default, (x, weight, bias, float(eps)))
+        return insert_call(graph, node, torch.ops.mpsk.layer_norm.default, (x, weight, bias, scalar(eps)))
 
-    return Rewrite(KIND, node, [t for t in (x, weight, bias) if t is not None], build, [])
+    return Rewrite(KIND, node, [t for t in (x, weight, bias) if t is not None], build, scalar_nodes(eps))

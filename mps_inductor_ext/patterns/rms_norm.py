@@ -21,11 +21,14 @@ from .fx import (
     constant,
     insert_call,
     is_op,
+    is_scalar,
     last_dim,
     only_user,
     op_name,
     operands,
     other_operand,
+    scalar,
+    scalar_nodes,
     strip_casts,
     tensor,
 )
@@ -41,11 +44,12 @@ def match(node: Node) -> Rewrite | NearMiss | None:
     return None
 
 
-def _rewrite(anchor: Node, x: object, weight: object, eps: float, offset: float, matched: list[Node]) -> Rewrite:
+def _rewrite(anchor: Node, x: object, weight: object, eps: object, offset: float, matched: list[Node]) -> Rewrite:
     def build(graph):
-        return insert_call(graph, anchor, torch.ops.mpsk.rms_norm.default, (x, weight, eps, offset))
+        return insert_call(graph, anchor, torch.ops.mpsk.rms_norm.default, (x, weight, scalar(eps), offset))
 
-    return Rewrite(KIND, anchor, [x] + ([weight] if weight is not None else []), build, matched)
+    return Rewrite(KIND, anchor, [x] + ([weight] if weight is not None else []), build,
+                   matched + scalar_nodes(eps))
 
 
 def _checks(anchor: Node, x: object, weight: object) -> str | None:
@@ -70,20 +74,20 @@ def _functional(node: Node) -> Rewrite | NearMiss | None:
     x = arg(node, 0, "input")
     shape = constant(arg(node, 1, "normalized_shape"))
     weight = arg(node, 2, "weight")
-    eps = constant(arg(node, 3, "eps"))
+    eps = arg(node, 3, "eps")
     xt = tensor(x)
     if xt is None:
         return None
     if not isinstance(shape, (list, tuple)) or len(shape) != 1:
         return NearMiss(KIND, node, "normalizes over more than the last dimension")
-    if isinstance(arg(node, 3, "eps"), Node):
+    if eps is not None and not is_scalar(eps):
         return NearMiss(KIND, node, "eps is computed at run time; the kernel needs it at compile time")
     if eps is None:
         eps = torch.finfo(xt.dtype).eps
     why = _checks(node, x, weight)
     if why:
         return NearMiss(KIND, node, why)
-    return _rewrite(node, x, weight, float(eps), 0.0, [])
+    return _rewrite(node, x, weight, eps, 0.0, [])
 
 
 def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
@@ -91,8 +95,8 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
     if not is_op(add, "add"):
         return None
     a, b = operands(add)
-    mean, eps = (a, b) if isinstance(a, Node) else (b, a)
-    if not is_op(mean, "mean") or not isinstance(eps, (int, float)) or isinstance(eps, bool):
+    mean, eps = (a, b) if is_op(a, "mean") else (b, a)
+    if not is_op(mean, "mean") or not is_scalar(eps):
         return None
     square = mean.args[0]
     if not (is_op(square, "pow") and constant(arg(square, 1, "exponent")) == 2):
@@ -131,7 +135,7 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
     why = _checks(out, x, weight)
     if why:
         return NearMiss(KIND, out, why)
-    return _rewrite(out, x, weight, float(eps), offset, matched)
+    return _rewrite(out, x, weight, eps, offset, matched)
 
 
 def _cast_chain(node: object) -> tuple[object, list[Node]]:
