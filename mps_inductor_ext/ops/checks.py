@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-# The kernels-and-ops issue's tolerances (rtol = atol) per output dtype.
-TOLERANCES: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+from .tolerances import op_tolerances
+
 NAMESPACE = "mpsk"
 
 
@@ -129,7 +129,7 @@ register_check("layer_norm", _layer_norm_cases, _layer_norm_reference)
 
 # ---------------------------------------------------------------- attention
 
-ATTENTION_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+ATTENTION_TOL = op_tolerances("attention")
 
 
 def _attention_cases() -> Iterable[Case]:
