@@ -1,4 +1,5 @@
-"""Test helpers that are not fixtures (new ones live here rather than in conftest.py)."""
+"""Test helpers that are not fixtures, for every folder of tests/ (pyproject's pythonpath has tests/):
+`from helpers import ...`. conftest.py keeps only fixtures and collection settings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from unittest import mock
 
+import pytest
+import torch
+
+from mps_inductor_ext import emulated_mps
+from mps_inductor_ext.ops.tolerances import MODEL_TOLERANCE, TOLERANCES, op_tolerances, tolerance
 from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
+
+__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "launched_variants",
+           "nan_like", "op_tolerances", "requires_mps", "tolerance"]
+
+# A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
+# its MPS hooks before the emulated device (tests/mps_device) can register its own.
+HAS_MPS = torch.backends.mps.is_built() and torch.backends.mps.is_available() and not emulated_mps.installed()
+requires_mps = pytest.mark.skipif(not HAS_MPS, reason="no MPS device on this machine")
+
+
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    """An output buffer poisoned with NaN, so elements a kernel never writes are caught."""
+    return torch.full_like(t, float("nan"))
+
+
+def assert_close_dtype(got: torch.Tensor, ref: torch.Tensor, tol: float | None = None) -> None:
+    """Compares in float32 with the dtype's tolerance from the product's table (the one `doctor` uses,
+    mps_inductor_ext/ops/tolerances.py); NaN in `got` (an unwritten element) fails."""
+    tol = TOLERANCES[got.dtype] if tol is None else tol
+    assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=tol, atol=tol)
 
 _DEFINE = re.compile(r"^#define (\w+) (.*)$", re.M)
 

@@ -22,8 +22,9 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import config, families, shaders
+from ..ops import tolerances
 from ..ops.common import poisoned_outputs
-from ..ops.doctor_cases import TOLERANCES, Case
+from ..ops.doctor_cases import Case
 from ..shaders.emulator import cache as emulator_cache
 
 NAMESPACE = "mpsk"
@@ -121,7 +122,7 @@ def compare(op: str, label: str, got: Any, ref: Any, tol: float | None) -> CaseR
         if g.shape != r.shape or g.dtype != r.dtype:
             return CaseResult(op, label, False, None, tol, f"output {i}: {g.dtype} {tuple(g.shape)}, reference "
                               f"{r.dtype} {tuple(r.shape)}")
-        t = tol if tol is not None else TOLERANCES.get(g.dtype, 1e-5)
+        t = tol if tol is not None else tolerances.TOLERANCES.get(g.dtype, 1e-5)
         used_tol = t
         gf, rf = g.detach().cpu().float(), r.detach().cpu().float()
         if gf.numel() == 0:

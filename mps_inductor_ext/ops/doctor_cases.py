@@ -15,9 +15,7 @@ from typing import Any
 import torch
 
 from . import attention, norm
-
-# The kernels-and-ops issue's tolerances (rtol = atol) per output dtype.
-TOLERANCES: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+from .tolerances import op_tolerances
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ def layer_norm_reference(x, weight, bias, eps):
 
 # ---------------------------------------------------------------- attention
 
-ATTENTION_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+ATTENTION_TOL = op_tolerances("attention")
 
 
 def attention_cases() -> Iterable[Case]:

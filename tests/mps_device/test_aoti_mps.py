@@ -15,12 +15,13 @@ import textwrap
 
 import pytest
 import torch
+from helpers import MODEL_TOLERANCE
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.models import TinyLlama
 
 LENGTHS = (9, 5)
-TOL = 1e-4  # the demo's model tolerance: a dozen float32 ops, each within 1e-5
+TOL = MODEL_TOLERANCE  # the demo's model tolerance: a dozen float32 ops, each within 1e-5
 
 RUN = textwrap.dedent("""
     import json, sys, torch

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TOLERANCES
 from test_lowerings_mps_codegen import POLICY, SHAPES, expected_plans, model
 from torch._inductor.utils import run_and_get_code
 
 import mps_inductor_ext as mpsk
 
-TOL = 1e-5  # float32 (TOLERANCES in tests/conftest.py)
+TOL = TOLERANCES[torch.float32]
 
 
 def make_inputs() -> list[torch.Tensor]:

@@ -3,8 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_dtype
-from helpers import launched_variants
+from helpers import assert_close_dtype, launched_variants
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config

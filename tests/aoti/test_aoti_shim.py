@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import nan_like
+from helpers import nan_like
 
 from mps_inductor_ext.aoti import emulated_shim
 from mps_inductor_ext.shaders import runtime

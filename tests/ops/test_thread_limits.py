@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOLERANCES
-from helpers import launched_variants
+from helpers import TOLERANCES, launched_variants
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.config import NormPolicy

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import nan_like
+from helpers import nan_like
 
 from mps_inductor_ext.shaders import KernelError
 from mps_inductor_ext.shaders.errors import UndefinedBehaviorWarning

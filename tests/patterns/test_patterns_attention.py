@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import op_tolerances
 
 import mps_inductor_ext as mpsk
 
-TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # the attention op's tolerances
+TOL = op_tolerances("attention")  # the attention op's tolerances
 
 
 def repeat_kv(x, n_rep):

@@ -10,13 +10,13 @@ import collections
 import pytest
 import torch
 import transformers
-from conftest import TOLERANCES
+from helpers import tolerance
 from hf_models import HEAD_DIM, HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, build, expected_counts  # noqa: I001
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.diagnostics import Collector
 
-TOL = TOLERANCES[torch.float32]
+TOL = tolerance(torch.float32)
 
 
 def gemma3() -> torch.nn.Module:

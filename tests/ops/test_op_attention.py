@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_dtype
+from helpers import assert_close_dtype, op_tolerances
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
@@ -24,7 +24,7 @@ from mps_inductor_ext.ops.launch import TensorArg
 from mps_inductor_ext.shaders import ShaderLibrary
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+TOL = op_tolerances("attention")
 SPLIT = AttentionPolicy(split_kv_above=64, partition_size=32)
 op = torch.ops.mpsk.attention
 

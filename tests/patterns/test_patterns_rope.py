@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import mps_inductor_ext as mpsk
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import mps_inductor_ext as mpsk
 

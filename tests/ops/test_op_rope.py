@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_close_dtype
+from helpers import assert_close_dtype
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config

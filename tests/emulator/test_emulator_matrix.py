@@ -7,7 +7,7 @@ through thread_elements() are only right if the emulator uses it too.
 
 import pytest
 import torch
-from conftest import nan_like
+from helpers import nan_like
 
 from mps_inductor_ext.shaders import KernelError
 

@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 from torch._inductor.utils import run_and_get_code
 
 import mps_inductor_ext as mpsk

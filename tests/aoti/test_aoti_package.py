@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.models.tiny_llama import TinyLlama, TinyLlamaConfig

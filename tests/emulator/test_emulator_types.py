@@ -6,7 +6,7 @@ and checks results against values computed independently in PyTorch.
 
 import pytest
 import torch
-from conftest import nan_like
+from helpers import nan_like
 
 HEADER = "#include <metal_stdlib>\nusing namespace metal;\n"
 

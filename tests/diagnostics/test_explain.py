@@ -17,7 +17,7 @@ from mps_inductor_ext import diagnostics
 from mps_inductor_ext.__main__ import main
 from mps_inductor_ext.diagnostics import collector as collector_mod
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Each marked line breaks the graph; the tests find the expected line numbers from the markers.
 BREAKS_SRC = '''\

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import TOLERANCES, assert_close_dtype
-from helpers import launched_variants
+from helpers import TOLERANCES, assert_close_dtype, launched_variants
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config

@@ -3,7 +3,7 @@ selection, and agreement of the cpu emulator with the real mps backend where one
 
 import pytest
 import torch
-from conftest import requires_mps
+from helpers import requires_mps
 
 from mps_inductor_ext.shaders import compile_shader, resolve_backend
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import nan_like, requires_mps
+from helpers import nan_like, requires_mps
 
 from mps_inductor_ext.shaders import compile_shader, load_source
 

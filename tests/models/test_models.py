@@ -25,7 +25,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import mps_inductor_ext as mpsk
 from mps_inductor_ext.shaders.runtime import KernelFunction
