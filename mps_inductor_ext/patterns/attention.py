@@ -63,8 +63,15 @@ def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[
         mask, is_causal, matched = None, is_causal or causal, [*matched, *mask_nodes]
         detail += f" (mask folded: is_causal={is_causal}, window={window})"
 
+    dtype = tensor(anchor).dtype
+    if any(tensor(t).dtype != dtype for t in (q, k, v)):
+        # Only SDPA is matched so: mixed q/k/v dtypes reach it under autocast, which casts all three
+        # to the autocast dtype (the result's) before it computes; so does the replacement.
+        detail += f" (autocast: q, k, v cast to {dtype})"
+
     def build(graph):
-        args = (q, k, v, mask, None if scale is None else fx.scalar(scale), is_causal, window)
+        qkv = [t if tensor(t).dtype == dtype else fx.insert_cast(graph, anchor, t, dtype) for t in (q, k, v)]
+        args = (*qkv, mask, None if scale is None else fx.scalar(scale), is_causal, window)
         return insert_call(graph, anchor, torch.ops.mpsk.attention.default, args)
 
     inputs = [q, k, v] + ([mask] if mask is not None else [])
@@ -171,15 +178,16 @@ def _index(x: object, axis: str, length: object) -> tuple[object, list[Node]] | 
     return offset, [*nodes, base]
 
 
-def _checks(anchor: Node, q: object, k: object, v: object, mask: object) -> str | None:
-    """Why the op cannot take these operands, or None: the op's own checks, decided at compile time."""
+def _checks(anchor: Node, q: object, k: object, v: object, mask: object, autocast: bool = False) -> str | None:
+    """Why the op cannot take these operands, or None: the op's own checks, decided at compile time.
+    `autocast`: q, k and v may differ from the result's dtype, which they are cast to."""
     qt, kt, vt, out = tensor(q), tensor(k), tensor(v), tensor(anchor)
     if qt is None or kt is None or vt is None or out is None:
         return "shapes or dtypes are unknown"
     why = supported_dtype(q, k, v)
     if why:
         return why
-    if not qt.dtype == kt.dtype == vt.dtype == out.dtype:
+    if not qt.dtype == kt.dtype == vt.dtype == out.dtype and not autocast:
         return f"q, k, v and the result have dtypes {qt.dtype}, {kt.dtype}, {vt.dtype}, {out.dtype}; the op needs one"
     if not qt.dim() == kt.dim() == vt.dim() == 4:
         return f"q, k, v are {qt.dim()}-D, {kt.dim()}-D, {vt.dim()}-D; the op takes (batch, heads, seq, head dim)"
@@ -286,7 +294,7 @@ def _sdpa(node: Node) -> Rewrite | NearMiss | None:
     if scale is not None and not _finite_scalar(scale):
         return NearMiss(KIND, node, "the scale is not a finite constant; the kernel needs it at compile time")
     k, v, repeat = _fold_gqa(k, v)
-    why = _checks(node, q, k, v, mask)
+    why = _checks(node, q, k, v, mask, autocast=True)
     if why:
         return NearMiss(KIND, node, why)
     return _rewrite(node, q, k, v, mask, scale, is_causal, repeat, "scaled_dot_product_attention")

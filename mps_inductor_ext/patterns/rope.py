@@ -23,7 +23,18 @@ from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, constant, insert_call, is_op, last_dim, last_dim_slice, only_user, operands, tensor
+from .fx import (
+    arg,
+    constant,
+    insert_call,
+    insert_cast,
+    is_op,
+    last_dim,
+    last_dim_slice,
+    only_user,
+    operands,
+    tensor,
+)
 
 KIND = "rope"
 
@@ -160,8 +171,10 @@ def _check(add: Node, x: Node, cos: Node, sin: Node, interleaved: bool, matched:
     why = supported_dtype(full, cos, sin)
     if why:
         return NearMiss(KIND, add, why)
-    if ct.dtype != xt.dtype or st.dtype != xt.dtype or out.dtype != xt.dtype:
-        return NearMiss(KIND, add, f"x is {xt.dtype} but cos, sin are {ct.dtype}, {st.dtype}; the op takes one dtype")
+    dtype = out.dtype
+    if torch.promote_types(torch.promote_types(xt.dtype, ct.dtype), st.dtype) != dtype:
+        return NearMiss(KIND, add, f"x is {xt.dtype}, cos and sin are {ct.dtype}, {st.dtype}, and the result is "
+                                   f"{dtype}: not the promoted math the op can reproduce")
     if xt.dim() != 4:
         return NearMiss(KIND, add, f"x has {xt.dim()} dimensions; the op takes (B, H, S, D)")
     rot = _size(x)
@@ -175,9 +188,14 @@ def _check(add: Node, x: Node, cos: Node, sin: Node, interleaved: bool, matched:
                                    f"(B, H, S, R) = {full4} without growing x")
 
     def build(graph):
-        return insert_call(graph, anchor, torch.ops.mpsk.rope.default, (full, cos, sin, interleaved))
+        # Mixed dtypes (autocast: q and k leave a Linear in bf16, cos and sin stay fp32) compute in the
+        # promoted dtype: the op gets its inputs upcast to it, which is exact.
+        args = [t if tensor(t).dtype == dtype else insert_cast(graph, anchor, t, dtype) for t in (full, cos, sin)]
+        return insert_call(graph, anchor, torch.ops.mpsk.rope.default, (*args, interleaved))
 
     detail = ("interleaved" if interleaved else "rotate_half") + (", partial rotary" if extra else "")
+    if xt.dtype != dtype:
+        detail += f", {xt.dtype} x upcast to {dtype}"
     return Rewrite(KIND, anchor, [full, cos, sin], build, [add, *matched, *extra], detail)
 
 

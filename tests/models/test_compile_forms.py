@@ -57,3 +57,22 @@ def test_dynamic_true_replaces_every_site_once(name):
     assert stale == []  # no near miss of the abandoned attempt for sites that were replaced
     with torch.no_grad():
         torch.testing.assert_close(got, model(ids).logits, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.slow
+def test_autocast_replaces_rope_and_attention_of_mixed_dtypes():
+    """fp32 weights under bf16 autocast: q and k leave their Linear in bf16 while cos and sin stay fp32
+    (RoPE computes in the promoted fp32), and SDPA gets fp32 q/k beside a bf16 v, which autocast casts
+    to bf16. The replacements reproduce both: every site is taken, and the logits are autocast's."""
+    model, expected = model_and_counts("llama")
+    model.eval()
+    ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(6))
+    torch._dynamo.reset()
+    mpsk.reset_counters()
+    with torch.no_grad(), mpsk.config.patch(emulate_metal=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = torch.compile(model, backend="mpsk")(ids).logits
+        ref = model(ids).logits
+    assert dict(mpsk.counters) == expected
+    assert got.dtype == ref.dtype == torch.bfloat16
+    bf16 = tolerance(torch.bfloat16)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=bf16, atol=bf16)
