@@ -108,15 +108,20 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
     if not (last_dim(constant(arg(mean, 1, "dim")), ht.dim()) and constant(arg(mean, 2, "keepdim", False)) is True):
         return NearMiss(KIND, rsqrt, "the mean of squares is not over the last dimension with keepdim=True")
     scaled = only_user(rsqrt)
-    if scaled is None or not is_op(scaled, "mul") or other_operand(scaled, rsqrt) is not h:
+    if scaled is None or not is_op(scaled, "mul"):
+        return None
+    x = strip_casts(h)
+    other = other_operand(scaled, rsqrt)
+    # T5's form squares `x.to(float32)` but scales the uncast x: the same product, since multiplying
+    # x by the float32 rsqrt promotes x to float32 exactly as the cast does.
+    if other is not h and not (other is x and x is not h and tensor(h).dtype == torch.float32):
         return None
     matched = [square, mean, add, rsqrt, scaled]
     for n in matched[:-1]:
         if len(n.users) != 1:
             return NearMiss(KIND, rsqrt, f"an intermediate ({n.name}) is used elsewhere, which the op cannot serve")
-    x = strip_casts(h)
     if h is not x:
-        if set(h.users) == {square, scaled}:
+        if set(h.users) <= {square, scaled}:
             matched.append(h)
         elif tensor(h).dtype == tensor(x).dtype:
             x = h  # a cast to the dtype it already has (torch.export keeps it, and other uses read it)

@@ -25,6 +25,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from . import NearMiss, Rewrite, supported_dtype
 from .fx import (
     arg,
+    cast_target,
     constant,
     insert_call,
     insert_cast,
@@ -60,9 +61,19 @@ def _products(px: object, pr: object) -> tuple | None:
             continue
         x, interleaved, nodes = found
         for x_, cos in _pairs(px):
-            if x_ is x and isinstance(cos, Node) and isinstance(sin, Node):
-                return x, cos, sin, interleaved, [px, pr, *nodes]
+            if _same_value(x_, x) and isinstance(cos, Node) and isinstance(sin, Node):
+                twin = [x_] if x_ is not x else []
+                return x, cos, sin, interleaved, [px, pr, *nodes, *twin]
     return None
+
+
+def _same_value(a: object, b: object) -> bool:
+    """`a is b`, or two casts of one tensor to one dtype (ModernBERT and ESM write `q.float()` once
+    for each product)."""
+    if a is b:
+        return True
+    return (isinstance(a, Node) and isinstance(b, Node) and cast_target(a) is not None
+            and cast_target(a) == cast_target(b) and a.args[0] is b.args[0])
 
 
 def _pairs(mul: Node) -> tuple[tuple[object, object], ...]:

@@ -38,6 +38,23 @@ class GemmaRMSNorm(nn.Module):
         return out.type_as(x)
 
 
+class T5RMSNorm(nn.Module):
+    """T5's form (T5LayerNorm and its many copies): the variance of `x.to(float32)`, the product on the
+    uncast x, then a cast to a half weight's dtype."""
+
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
 class NoWeight(nn.Module):
     def forward(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
@@ -74,8 +91,8 @@ def close(got, ref):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     "model",
-    [LlamaRMSNorm(32), GemmaRMSNorm(32), nn.RMSNorm(32, eps=1e-5), NoWeight()],
-    ids=["llama", "gemma", "nn.RMSNorm", "no_weight"],
+    [LlamaRMSNorm(32), GemmaRMSNorm(32), T5RMSNorm(32), nn.RMSNorm(32, eps=1e-5), NoWeight()],
+    ids=["llama", "gemma", "t5", "nn.RMSNorm", "no_weight"],
 )
 def test_rms_norm_forms(model, dtype):
     got, ref, _ = run(model, torch.randn(2, 5, 32), dtype=dtype)

@@ -33,6 +33,16 @@ class Llama(nn.Module):
         return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
+class FloatTwice(nn.Module):
+    """ModernBERT's and ESM's form: `q.float()` written out once for each product, then cast back."""
+
+    def forward(self, q, k, cos, sin):
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q_embed = (q.float() * cos) + (rotate_half(q.float()) * sin)
+        k_embed = (k.float() * cos) + (rotate_half(k.float()) * sin)
+        return q_embed.to(q.dtype), k_embed.to(k.dtype)
+
+
 class NeoXPartial(nn.Module):
     """GPT-NeoX / Phi / StableLM: the first R = cos.shape[-1] features rotate, the rest pass."""
 
@@ -117,6 +127,7 @@ FORMS = {
     "neox_partial": lambda dt: (NeoXPartial(), (*qk(10), *tables(10, rot=4, dtype=dt)), 2),
     "gptj": lambda dt: (GPTJ(), (qk(8)[0].transpose(1, 2), gptj_sincos(8)), 1),
     "gptj_partial": lambda dt: (GPTJ(rotary_dim=4), (qk(10)[0].transpose(1, 2), gptj_sincos(4)), 1),
+    "float_twice": lambda dt: (FloatTwice(), (*qk(8), *tables(8, dtype=dt)), 2),
     "commuted_chunk": lambda dt: (Commuted(), (qk(8)[0], *(t.unsqueeze(1) for t in tables(8, dtype=dt))), 1),
 }
 
