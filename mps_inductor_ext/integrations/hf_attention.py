@@ -5,8 +5,9 @@ built by the mask function registered under the same name, dropout, scaling, is_
 position_bias, the sliding window) and runs `mpsk::attention`: GQA by index (k/v keep their own
 heads, nothing is repeated), the causal flag when no mask is needed, and a boolean or additive mask
 read in place through its broadcast strides (padding, sliding window, bias). What the kernel
-cannot take runs transformers' SDPA integration instead, or the model's own eager attention for
-what SDPA cannot take either (Gemma 2's softcapping, attention sinks); each reason is noted once.
+cannot take runs transformers' SDPA integration instead (dropout), or the model's own eager attention
+for what SDPA cannot take either (attention weights, Gemma 2's softcapping, sinks); each reason is
+noted once.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ def _kernel_refusal(query, key, value, attention_mask, dropout, kwargs) -> str |
     """Why mpsk::attention cannot compute this call as transformers means it, or None."""
     if dropout and dropout > 0:
         return "attention dropout > 0 (training with attention_dropout) has no kernel"
-    if kwargs.get("output_attentions"):
-        return "output_attentions=True needs the attention weights, which the kernel does not materialize"
     if query.dtype not in METAL_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
         return f"q/k/v dtypes {query.dtype}/{key.dtype}/{value.dtype} have no kernel"
     if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
@@ -49,6 +48,8 @@ def _kernel_refusal(query, key, value, attention_mask, dropout, kwargs) -> str |
 
 
 def _eager_only(kwargs) -> str | None:
+    if kwargs.get("output_attentions"):
+        return "output_attentions=True needs the attention weights, which neither the kernel nor SDPA returns"
     if kwargs.get("softcap") is not None:
         return "logit softcapping has no kernel (nor SDPA)"
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
