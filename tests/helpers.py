@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from unittest import mock
 
+import pytest
+
+from mps_inductor_ext import config
 from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
 _DEFINE = re.compile(r"^#define (\w+) (.*)$", re.M)
@@ -42,3 +46,15 @@ def launched_variants() -> Iterator[list[Variant]]:
     with mock.patch.object(ShaderLibrary, "get_kernel_function", get), \
             mock.patch.object(KernelFunction, "dispatch", dispatch):
         yield seen
+
+
+def kernel_counts(seen: list[Variant]) -> collections.Counter:
+    """How many times each kernel (by name) was launched in a launched_variants() record."""
+    return collections.Counter(v.kernel for v in seen)
+
+
+@pytest.fixture
+def emulated_metal() -> Iterator[None]:
+    """The ops' Metal kernels on the CPU emulator for the test (import it and name it in usefixtures)."""
+    with config.patch(emulate_metal=True):
+        yield

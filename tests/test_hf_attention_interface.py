@@ -5,7 +5,6 @@ attention) with a one-time note."""
 
 from __future__ import annotations
 
-import collections
 import logging
 import subprocess
 import sys
@@ -13,9 +12,9 @@ import textwrap
 
 import pytest
 import torch
-from helpers import launched_variants
+from helpers import emulated_metal, launched_variants  # noqa: F401 (emulated_metal: a fixture)
+from helpers import kernel_counts as kernels
 
-import mps_inductor_ext as mpsk
 from mps_inductor_ext.integrations import hf_attention
 
 transformers = pytest.importorskip("transformers")
@@ -24,15 +23,7 @@ import hf_models  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def emulated():
-    with mpsk.config.patch(emulate_metal=True):
-        yield
-
-
-def kernels(seen) -> collections.Counter:
-    return collections.Counter(v.kernel for v in seen)
+pytestmark = pytest.mark.usefixtures("emulated_metal")
 
 
 def test_importing_the_package_registers_mpsk_without_importing_transformers():

@@ -7,12 +7,11 @@ original outputs come back bit for bit.
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 from conftest import TOLERANCES
-from helpers import launched_variants
+from helpers import emulated_metal, launched_variants  # noqa: F401 (emulated_metal: a fixture)
+from helpers import kernel_counts as kernels
 from torch import nn
 
 import mps_inductor_ext as mpsk
@@ -30,14 +29,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm  # noqa: E402
 DIM = 48
 
 
-@pytest.fixture(autouse=True)
-def emulated():
-    with mpsk.config.patch(emulate_metal=True):
-        yield
-
-
-def kernels(seen) -> collections.Counter:
-    return collections.Counter(v.kernel for v in seen)
+pytestmark = pytest.mark.usefixtures("emulated_metal")
 
 
 def randomized(module: nn.Module) -> nn.Module:
