@@ -292,11 +292,56 @@ def test_a_patched_model_compiles_with_the_mpsk_backend():
     try:
         with mpsk.config.patch(patterns=dict.fromkeys(mpsk.config.patterns, False)), torch.no_grad():
             compiled = torch.compile(model, backend="mpsk")
+            torch._dynamo.utils.counters.clear()
             with launched_variants() as seen:
                 got = compiled(**args).logits
+            breaks = dict(torch._dynamo.utils.counters["graph_break"])
     finally:
         torch._dynamo.reset()
         mpsk.unpatch(model)
     assert kernels(seen) == expected_launches("llama")
+    assert not breaks, breaks
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_a_patched_model_generates_the_original_tokens(name):
+    """generate() decodes one token at a time from a cache: RoPE on one position, attention on one query."""
+    model = build(name).eval()
+    ids = inputs(name)["input_ids"]
+    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(ids, **settings)
+        mpsk.patch(model)
+        try:
+            with launched_variants() as seen:
+                got = model.generate(ids, **settings)
+        finally:
+            mpsk.unpatch(model)
+    launched = kernels(seen)
+    steps = launched["rms_norm_float"] // (2 * L + 1)  # forwards: the prefill, then one per decoded token
+    assert steps > 1 and launched == {"rms_norm_float": (2 * L + 1) * steps, "rope_float": 2 * L * steps,
+                                      "attn_prefill_float": L, "attn_decode_float": L * (steps - 1)}
+    assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_half_precision_patched_model_stays_within_the_dtype_tolerance(dtype):
+    model = build("qwen3").eval().to(dtype)
+    args = inputs("qwen3")
+    with torch.no_grad():
+        ref = model(**args).logits
+        mpsk.patch(model)
+        try:
+            with launched_variants() as seen:
+                got = model(**args).logits
+        finally:
+            mpsk.unpatch(model)
+    suffix = mpsk.ops.common.METAL_DTYPES[dtype]
+    assert kernels(seen) == {k.replace("_float", f"_{suffix}"): n for k, n in expected_launches("qwen3").items()}
+    # The unpatched model rounds at other steps (Llama-style norms cast before the weight product), so
+    # the two differ by the dtype's rounding, not more (logits here are below 1).
+    torch.testing.assert_close(got.float(), ref.float(), rtol=TOLERANCES[dtype], atol=TOLERANCES[dtype])
 
