@@ -32,7 +32,9 @@ PROBE_TOL = 1e-5
 
 
 class _Scope:
-    """How many patched attention forwards are running (nested calls count up)."""
+    """How many patched attention forwards are running (nested calls count up). A plain attribute,
+    not a thread-local, so that Dynamo traces it when a patched model is compiled; an unpatched
+    model running in another thread at the same moment would take the op too."""
 
     depth = 0
 
