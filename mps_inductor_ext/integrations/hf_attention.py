@@ -81,8 +81,9 @@ def mpsk_attention_forward(
     is_causal: bool | None = None,
     position_bias: torch.Tensor | None = None,
     **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """transformers' attention-interface signature; returns ((B, S, H, Dv) output, None)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers' attention-interface signature; returns the (B, S, H, Dv) output and None (the
+    eager fallback returns the attention weights there)."""
     reason = _eager_only(kwargs) or _kernel_refusal(query, key, value, attention_mask, dropout, kwargs)
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
