@@ -15,6 +15,8 @@ from .backend import MetalKernelsNotUsedWarning
 from .backend import register as _register_backend
 from .diagnostics import explain
 from .emulated_mps import count_launches, emulate_mps_device
+from .integrations import PatchReport, patch, unpatch
+from .integrations.hf_register import register_lazily as _register_with_transformers
 from .passes import counters, reset_counters
 from .shaders import KernelError, compile_shader
 
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KernelError",
     "MetalKernelsNotUsedWarning",
+    "PatchReport",
     "__version__",
     "aoti_compile_and_package",
     "aoti_load_package",
@@ -34,8 +37,11 @@ __all__ = [
     "emulate_mps_device",
     "explain",
     "ops",
+    "patch",
     "reset_counters",
     "shaders",
+    "unpatch",
 ]
 
 _register_backend()
+_register_with_transformers()

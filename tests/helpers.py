@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 from collections.abc import Iterator
@@ -12,12 +13,12 @@ from unittest import mock
 import pytest
 import torch
 
-from mps_inductor_ext import emulated_mps
+from mps_inductor_ext import config, emulated_mps
 from mps_inductor_ext.ops.tolerances import MODEL_TOLERANCE, TOLERANCES, op_tolerances, tolerance
 from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
-__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "launched_variants",
-           "nan_like", "op_tolerances", "requires_mps", "tolerance"]
+__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "emulated_metal",
+           "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance"]
 
 # A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
 # its MPS hooks before the emulated device (tests/mps_device) can register its own.
@@ -69,3 +70,15 @@ def launched_variants() -> Iterator[list[Variant]]:
     with mock.patch.object(ShaderLibrary, "get_kernel_function", get), \
             mock.patch.object(KernelFunction, "dispatch", dispatch):
         yield seen
+
+
+def kernel_counts(seen: list[Variant]) -> collections.Counter:
+    """How many times each kernel (by name) was launched in a launched_variants() record."""
+    return collections.Counter(v.kernel for v in seen)
+
+
+@pytest.fixture
+def emulated_metal() -> Iterator[None]:
+    """The ops' Metal kernels on the CPU emulator for the test (import it and name it in usefixtures)."""
+    with config.patch(emulate_metal=True):
+        yield

@@ -307,7 +307,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad):
     """Recomputes P = softmax(Q K^T * scale + mask) in fp32 (fp64 for fp64) and applies
     dV = P^T dO, dS = P * (dP - rowsum(dP * P)) with dP = dO V^T, dQ = dS K * scale,
-    dK = dS^T Q * scale; K/V gradients are summed over each GQA group. Hidden keys and
+    dK = dS^T Q * scale; K/V gradients are summed over each GQA group; an additive mask that
+    requires grad (T5's learned position bias) gets dS summed to its broadcast shape. Hidden keys and
     fully hidden rows get P = 0, hence zero gradient."""
     q, k, v, attn_mask = ctx.saved_tensors
     B, Hq, Sq, D = q.shape
@@ -329,14 +330,16 @@ def _backward(ctx, grad):
     p = torch.softmax(s.masked_fill(hidden_row, 0.0), -1).masked_fill(hidden_row, 0.0)
     dp = do @ vf.transpose(-1, -2)
     ds = p * (dp - (dp * p).sum(-1, keepdim=True))
-    dq = dk = dv = None
+    dq = dk = dv = dmask = None
     if ctx.needs_input_grad[0]:
         dq = (ds @ kf * scale).to(q.dtype)
     if ctx.needs_input_grad[1]:
         dk = (ds.transpose(-1, -2) @ qf * scale).view(B, Hkv, group, Skv, D).sum(2).to(k.dtype)
     if ctx.needs_input_grad[2]:
         dv = (p.transpose(-1, -2) @ do).view(B, Hkv, group, Skv, -1).sum(2).to(v.dtype)
-    return dq, dk, dv, None, None, None, None
+    if attn_mask is not None and attn_mask.dtype != torch.bool and ctx.needs_input_grad[3]:
+        dmask = ds.sum_to_size(attn_mask.shape).to(attn_mask.dtype)  # an additive mask is added to the scores
+    return dq, dk, dv, dmask, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup)
