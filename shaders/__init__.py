@@ -8,13 +8,18 @@ from .runtime import BACKENDS, KernelFunction, ShaderLibrary, compile_shader, re
 SOURCE_DIR = Path(__file__).parent
 
 
+COMMON = "common"  # shared definitions every kernel file may use (included once, by a guard)
+
+
 def load_source(name: str) -> str:
-    """Text of one of the package's `.metal` sources, by file stem."""
+    """Text of one of the package's `.metal` sources, by file stem, with `common.metal` ahead of it,
+    so every kernel file sees the same helpers and instantiation macro however files are combined."""
     path = SOURCE_DIR / f"{name}.metal"
     if not isinstance(name, str) or not path.is_file():
         known = sorted(p.stem for p in SOURCE_DIR.glob("*.metal"))
         raise ValueError(f"no Metal source named {name!r}; the package has {known}")
-    return path.read_text()
+    text = path.read_text()
+    return text if name == COMMON else (SOURCE_DIR / f"{COMMON}.metal").read_text() + text
 
 
 __all__ = [

@@ -20,10 +20,11 @@
 // Sq, Skv, group, window, q/k/v strides (batch, head, seq; the last dim is unit-stride).
 // Outputs are contiguous (B, Hq, Sq, Dv); Hq is read from threadgroups_per_grid.y.
 // Rows whose keys are all hidden give 0, as F.scaled_dot_product_attention does.
-#include <metal_stdlib>
-using namespace metal;
-
-#define NEG_INF (-numeric_limits<float>::infinity())
+//
+// No value is ever infinite (common.metal), so this holds with fast math too: a hidden key's
+// score is FINITE_MIN (visible scores are kept above it), the softmax state starts at
+// FINITE_MIN, a hidden key adds exactly 0 by test, not by exp(-inf), and a -inf in an
+// additive mask is recognised by its bits.
 #define D_LANES ((HEAD_DIM + 31) / 32)
 #define DV_LANES ((HEAD_DIM_V + 31) / 32)
 
@@ -60,27 +61,29 @@ using namespace metal;
 #endif
 
 // The score of query i against key j (both in range) after scaling and every mask;
-// -inf where the key is hidden. `mrow` is the mask row of query i (unused without a mask).
+// FINITE_MIN where the key is hidden, above it where not. `mrow` is the mask row of
+// query i (unused without a mask).
 template <typename M>
 inline float masked_score(float dot, long i, long j, long window, M mrow, long m_stride) {
 #if IS_CAUSAL
-  if (j > i) return NEG_INF;
+  if (j > i) return FINITE_MIN;
 #endif
 #if HAS_WINDOW
-  if (j <= i - window) return NEG_INF;
+  if (j <= i - window) return FINITE_MIN;
 #endif
   float s = dot * SCALE;
 #if MASK_KIND == 1
-  if (mrow[j * m_stride] == 0) return NEG_INF;
+  if (mrow[j * m_stride] == 0) return FINITE_MIN;
 #elif MASK_KIND == 2
-  s += float(mrow[j * m_stride]);
+  const auto bias = mrow[j * m_stride];
+  if (is_neg_inf(bias)) return FINITE_MIN;
+  s += float(bias);
 #endif
-  return s;
+  return max(s, FINITE_MIN_INNER);
 }
 
-// The softmax state's reference point: 0 while every score so far is -inf, so exp(s - ref)
-// stays 0 instead of NaN (exp(-inf - -inf)).
-inline float finite_ref(float m) { return m == NEG_INF ? 0.0f : m; }
+// exp(s - m) for a score, exactly 0 for a hidden key.
+inline float key_weight(float s, float m) { return s == FINITE_MIN ? 0.0f : exp(s - m); }
 
 #define KPAD (HEAD_DIM + 1)  // K tile row pitch: lanes read different rows at one column
 #define PREFILL_THREADS (PREFILL_SIMD * 32)
@@ -104,7 +107,7 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
   }
   float m[ROWS_PER_SIMD], l[ROWS_PER_SIMD], o[ROWS_PER_SIMD][DV_LANES];
   for (int rr = 0; rr < ROWS_PER_SIMD; ++rr) {
-    m[rr] = NEG_INF;
+    m[rr] = FINITE_MIN;
     l[rr] = 0.0f;
     for (int c = 0; c < DV_LANES; ++c) o[rr][c] = 0.0f;
   }
@@ -129,7 +132,7 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint e = tid; e < BLOCK_Q * BLOCK_KV; e += PREFILL_THREADS) {
       const long r = e / BLOCK_KV, j = e % BLOCK_KV, i = q0 + r, jg = k0 + j;
-      float s = NEG_INF;
+      float s = FINITE_MIN;
       if (i < Sq && jg < Skv) {
         float dot = 0.0f;
         for (int d = 0; d < HEAD_DIM; ++d) dot += qs[r * HEAD_DIM + d] * ks[j * KPAD + d];
@@ -141,14 +144,13 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
     // Each SIMD-group owns ROWS_PER_SIMD rows of ps: online softmax, then P @ V.
     for (int rr = 0; rr < ROWS_PER_SIMD; ++rr) {
       threadgroup float *pr = ps + (sg * ROWS_PER_SIMD + rr) * BLOCK_KV;
-      float mx = NEG_INF;
+      float mx = FINITE_MIN;
       for (uint j = lane; j < BLOCK_KV; j += 32) mx = max(mx, pr[j]);
       const float m_new = max(m[rr], simd_max(mx));
-      const float ref = finite_ref(m_new);
-      const float alpha = exp(m[rr] - ref);
+      const float alpha = exp(m[rr] - m_new);  // 1 while nothing is visible (l and o are 0)
       float sum = 0.0f;
       for (uint j = lane; j < BLOCK_KV; j += 32) {
-        const float p = exp(pr[j] - ref);
+        const float p = key_weight(pr[j], m_new);
         pr[j] = p;
         sum += p;
       }
@@ -208,7 +210,7 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, A
       qr[r][c] = r < Sq && d < HEAD_DIM ? float(qb[r * q_ss + d]) : 0.0f;
     }
   for (int r = 0; r < DECODE_MAX_Q; ++r) {
-    m[r] = NEG_INF;
+    m[r] = FINITE_MIN;
     l[r] = 0.0f;
     for (int c = 0; c < DV_LANES; ++c) o[r][c] = 0.0f;
   }
@@ -237,8 +239,7 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, A
         if (r >= Sq || r >= DECODE_MAX_Q) break;
         const float s = masked_score(dots[t], r, j, window, MASK_ROW(r), MASK_STRIDE_K);
         const float m_new = max(m[r], s);
-        const float ref = finite_ref(m_new);
-        const float alpha = exp(m[r] - ref), p = exp(s - ref);
+        const float alpha = exp(m[r] - m_new), p = key_weight(s, m_new);
         l[r] = l[r] * alpha + p;
         m[r] = m_new;
         for (int c = 0; c < DV_LANES; ++c) o[r][c] = o[r][c] * alpha + p * vr[c];
@@ -259,12 +260,11 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, A
   threadgroup_barrier(mem_flags::mem_threadgroup);
   for (long e = tid; e < Sq * HEAD_DIM_V; e += DECODE_THREADS) {
     const long r = e / HEAD_DIM_V, d = e % HEAD_DIM_V;
-    float mx = NEG_INF;
+    float mx = FINITE_MIN;
     for (int s = 0; s < DECODE_SIMD; ++s) mx = max(mx, ms[s * DECODE_MAX_Q + r]);
-    const float ref = finite_ref(mx);
     float sum = 0.0f, acc = 0.0f;
     for (int s = 0; s < DECODE_SIMD; ++s) {
-      const float w = exp(ms[s * DECODE_MAX_Q + r] - ref);
+      const float w = exp(ms[s * DECODE_MAX_Q + r] - mx);  // a SIMD-group that saw no key has l = o = 0
       sum += ls[s * DECODE_MAX_Q + r] * w;
       acc += os[(s * DECODE_MAX_Q + r) * HEAD_DIM_V + d] * w;
     }
@@ -288,15 +288,14 @@ kernel void attn_reduce(device T *out, const device float *part_m, const device 
                         const device float *part_o, constant long &n_part,
                         uint row [[threadgroup_position_in_grid]], uint lane [[thread_index_in_threadgroup]]) {
   const long base = long(row) * n_part;
-  float mx = NEG_INF;
+  float mx = FINITE_MIN;
   for (long p = 0; p < n_part; ++p) mx = max(mx, part_m[base + p]);
-  const float ref = finite_ref(mx);
   float sum = 0.0f;
-  for (long p = 0; p < n_part; ++p) sum += part_l[base + p] * exp(part_m[base + p] - ref);
+  for (long p = 0; p < n_part; ++p) sum += part_l[base + p] * exp(part_m[base + p] - mx);
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
   for (long d = lane; d < HEAD_DIM_V; d += 32) {
     float acc = 0.0f;
-    for (long p = 0; p < n_part; ++p) acc += part_o[(base + p) * HEAD_DIM_V + d] * exp(part_m[base + p] - ref);
+    for (long p = 0; p < n_part; ++p) acc += part_o[(base + p) * HEAD_DIM_V + d] * exp(part_m[base + p] - mx);
     out[long(row) * HEAD_DIM_V + d] = T(acc * inv);
   }
 }

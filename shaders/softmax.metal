@@ -18,50 +18,55 @@
 // x_col_stride, x_inner_stride, out_outer_stride, out_col_stride,
 // out_inner_stride (in elements).
 //
-// Rows whose max is infinite (all -inf, or holding +inf) give NaN, as ATen
-// does; this is written explicitly rather than left to inf arithmetic, which
-// fast math does not guarantee.
-
-#define SOFTMAX_NEG_INF (-numeric_limits<float>::infinity())
+// Rows whose max is infinite (all -inf, or holding +inf or NaN) give NaN, as
+// ATen does; a -inf element gives 0 (softmax) or -inf (log_softmax). Every
+// value is kept finite (common.metal): -inf is loaded as FINITE_MIN and +inf or
+// NaN as FINITE_MAX, so the kernel is right with fast math too, which assumes
+// no Inf or NaN.
 
 template <typename T>
 struct SoftmaxIO {
+  // VEC elements from column c, each finite_or_sentinel.
   static inline void load(const device T* row, long c, long stride, thread float* dst) {
 #if VEC == 4
-    const float4 v = float4(*(const device vec<T, 4>*)(row + c));
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
+    const vec<T, 4> v = *(const device vec<T, 4>*)(row + c);
+    for (int j = 0; j < 4; ++j) {
+      const T raw = v[j];
+      dst[j] = finite_or_sentinel(raw);
+    }
 #else
-    dst[0] = float(row[c * stride]);
+    const T raw = row[c * stride];
+    dst[0] = finite_or_sentinel(raw);
 #endif
   }
 
-  static inline void store(device T* row, long c, long stride, thread const float* src) {
+  // VEC results from column c, each written as the bits of its class (common.metal).
+  static inline void store(device T* row, long c, long stride, thread const float* src, thread const FloatClass* cls) {
+    typedef typename FloatBits<T>::bits B;
 #if VEC == 4
-    *(device vec<T, 4>*)(row + c) = vec<T, 4>(float4(src[0], src[1], src[2], src[3]));
+    vec<B, 4> v;
+    for (int j = 0; j < 4; ++j) v[j] = FloatBits<T>::store_bits(src[j], cls[j]);
+    *(device vec<B, 4>*)(row + c) = v;
 #else
-    row[c * stride] = T(src[0]);
+    *(device B*)(row + c * stride) = FloatBits<T>::store_bits(src[0], cls[0]);
 #endif
   }
 };
 
-// exp(v - m), with -inf inputs contributing exactly 0 (also when m is -inf).
+// exp(v - m) for a loaded value v, exactly 0 for a -inf element.
 inline float exp_shift(float v, float m) {
-  return v == SOFTMAX_NEG_INF ? 0.0f : exp(v - m);
+  return v == FINITE_MIN ? 0.0f : exp(v - m);
 }
 
-// The output for input v, or for softmax in registers e = exp(v - m) already
-// taken. log: (v - m) - log(sum), subtracted in that order so m + log(sum)
-// never rounds away the small difference when |m| is large.
-inline float finish(float v, float m, float inv_sum, float log_sum, bool finite_max, bool v_is_exp) {
-  if (!finite_max) {
-    return numeric_limits<float>::quiet_NaN();
-  }
+// The output for loaded value v, or for softmax in registers e = exp(v - m)
+// already taken, with its class. log: (v - m) - log(sum), subtracted in that
+// order so m + log(sum) never rounds away the small difference when |m| is large.
+inline float finish(float v, float m, float inv_sum, float log_sum, bool v_is_exp, thread FloatClass& cls) {
 #if LOG
+  cls = v == FINITE_MIN ? FloatClass::neg_inf : FloatClass::finite;
   return (v - m) - log_sum;
 #else
+  cls = FloatClass::finite;
   return (v_is_exp ? v : exp_shift(v, m)) * inv_sum;
 #endif
 }
@@ -84,9 +89,10 @@ kernel void softmax(
   const device T* xr = x + o * x_outer_stride + i * x_inner_stride;
   device T* yr = out + o * out_outer_stride + i * out_inner_stride;
   float tmp[VEC];
+  FloatClass cls[VEC];
 #if NREG > 0
   float vals[NREG * VEC];
-  float m = SOFTMAX_NEG_INF;
+  float m = FINITE_MIN;
   for (int r = 0; r < NREG; ++r) {
     const long c = (long(r) * tg_size + tid) * VEC;
     if (c < n_cols) {
@@ -109,8 +115,9 @@ kernel void softmax(
   }
 #else
   // Online: m is this thread's running max, s its sum of exp(v - m), rescaled
-  // whenever m grows; the threads' pairs are merged after the loop.
-  float m = SOFTMAX_NEG_INF;
+  // whenever m grows (no rescaling while m is still FINITE_MIN: s is 0 then);
+  // the threads' pairs are merged after the loop.
+  float m = FINITE_MIN;
   float s = 0.0f;
   for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
     SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
@@ -129,22 +136,30 @@ kernel void softmax(
   s *= exp_shift(m_thread, m);
 #endif
   s = threadgroup_sum(s, scratch, lane, simd_id, n_simd);
-  const bool finite_max = isfinite(m);
-  const float inv_sum = 1.0f / s;
-  const float log_sum = log(s);
+  // The row's max was infinite (all -inf, or +inf or NaN somewhere): NaN everywhere.
+  const bool nan_row = m == FINITE_MIN || m == FINITE_MAX;
+  const float s_safe = nan_row ? 1.0f : s;  // s is 0 for an all -inf row: no inf from 1 / s or log(s)
+  const float inv_sum = 1.0f / s_safe;
+  const float log_sum = log(s_safe);
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
     const long c = (long(r) * tg_size + tid) * VEC;
     if (c < n_cols) {
-      for (int j = 0; j < VEC; ++j) tmp[j] = finish(vals[r * VEC + j], m, inv_sum, log_sum, finite_max, true);
-      SoftmaxIO<T>::store(yr, c, out_col_stride, tmp);
+      for (int j = 0; j < VEC; ++j) {
+        tmp[j] = finish(vals[r * VEC + j], m, inv_sum, log_sum, true, cls[j]);
+        cls[j] = nan_row ? FloatClass::pos_inf_or_nan : cls[j];
+      }
+      SoftmaxIO<T>::store(yr, c, out_col_stride, tmp, cls);
     }
   }
 #else
   for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
     SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
-    for (int j = 0; j < VEC; ++j) tmp[j] = finish(tmp[j], m, inv_sum, log_sum, finite_max, false);
-    SoftmaxIO<T>::store(yr, c, out_col_stride, tmp);
+    for (int j = 0; j < VEC; ++j) {
+      tmp[j] = finish(tmp[j], m, inv_sum, log_sum, false, cls[j]);
+      cls[j] = nan_row ? FloatClass::pos_inf_or_nan : cls[j];
+    }
+    SoftmaxIO<T>::store(yr, c, out_col_stride, tmp, cls);
   }
 #endif
 }
