@@ -300,15 +300,8 @@ kernel void attn_reduce(device T *out, const device float *part_m, const device 
   }
 }
 
-#define INSTANTIATE_ATTN(name, T, host) template [[host_name(host)]] [[kernel]] decltype(name<T>) name<T>;
-INSTANTIATE_ATTN(attn_prefill, float, "attn_prefill_float")
-INSTANTIATE_ATTN(attn_prefill, half, "attn_prefill_half")
-INSTANTIATE_ATTN(attn_prefill, bfloat, "attn_prefill_bfloat")
-INSTANTIATE_ATTN(attn_decode, float, "attn_decode_float")
-INSTANTIATE_ATTN(attn_decode, half, "attn_decode_half")
-INSTANTIATE_ATTN(attn_decode, bfloat, "attn_decode_bfloat")
+INSTANTIATE_KERNEL(attn_prefill)
+INSTANTIATE_KERNEL(attn_decode)
 #if DECODE_SPLIT
-INSTANTIATE_ATTN(attn_reduce, float, "attn_reduce_float")
-INSTANTIATE_ATTN(attn_reduce, half, "attn_reduce_half")
-INSTANTIATE_ATTN(attn_reduce, bfloat, "attn_reduce_bfloat")
+INSTANTIATE_KERNEL(attn_reduce)
 #endif

@@ -5,6 +5,22 @@
 #include <metal_stdlib>
 using namespace metal;
 
+// INSTANTIATE_KERNEL(name): the kernel template `name` for an element type, with host name
+// name_<float|half|bfloat>. A specialized library (ops/launch.py specialize) defines DTYPE,
+// the one type its plan launches, and gets only that instantiation: Apple's compiler then
+// builds one kernel, not three. Without DTYPE (the plain source) all three are made.
+#define MPSK_STRINGIFY_(x) #x
+#define MPSK_STRINGIFY(x) MPSK_STRINGIFY_(x)
+#define MPSK_INSTANTIATE_AS(name, T) \
+  template [[host_name(MPSK_STRINGIFY(name##_##T))]] [[kernel]] decltype(name<T>) name<T>;
+#define MPSK_INSTANTIATE_EXPANDED(name, T) MPSK_INSTANTIATE_AS(name, T)
+#ifdef DTYPE
+#define INSTANTIATE_KERNEL(name) MPSK_INSTANTIATE_EXPANDED(name, DTYPE)
+#else
+#define INSTANTIATE_KERNEL(name) \
+  MPSK_INSTANTIATE_AS(name, float) MPSK_INSTANTIATE_AS(name, half) MPSK_INSTANTIATE_AS(name, bfloat)
+#endif
+
 // Finite stand-ins for -inf and +inf. Under fast math (torch compiles Metal so when
 // PYTORCH_MPS_FAST_MATH=1) the compiler may assume no value is infinite or NaN: `x == -inf`
 // and `isfinite(x)` fold to constants and an infinite intermediate is undefined. The

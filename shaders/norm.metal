@@ -169,11 +169,5 @@ kernel void layer_norm(NORM_PARAMS) {
   write_row<T>(y, xr, vals, n_cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
 }
 
-#define INSTANTIATE_NORM(name, T, host) \
-  template [[host_name(host)]] [[kernel]] decltype(name<T>) name<T>;
-INSTANTIATE_NORM(rms_norm, float, "rms_norm_float")
-INSTANTIATE_NORM(rms_norm, half, "rms_norm_half")
-INSTANTIATE_NORM(rms_norm, bfloat, "rms_norm_bfloat")
-INSTANTIATE_NORM(layer_norm, float, "layer_norm_float")
-INSTANTIATE_NORM(layer_norm, half, "layer_norm_half")
-INSTANTIATE_NORM(layer_norm, bfloat, "layer_norm_bfloat")
+INSTANTIATE_KERNEL(rms_norm)
+INSTANTIATE_KERNEL(layer_norm)

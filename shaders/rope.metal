@@ -18,9 +18,6 @@
 // Buffers (in order): out, x, cos, sin (named cos_t, sin_t), then int64
 // n_rows, n_items, heads, seq, dim, rot, x strides (b, h, s, d), cos strides
 // (b, h, s, d), sin strides (b, h, s, d), all in elements.
-#include <metal_stdlib>
-using namespace metal;
-
 template <typename T>
 kernel void rope(
     device T* out, const device T* x, const device T* cos_t, const device T* sin_t,
@@ -61,8 +58,4 @@ kernel void rope(
   }
 }
 
-#define INSTANTIATE_ROPE(T, host) \
-  template [[host_name(host)]] [[kernel]] decltype(rope<T>) rope<T>;
-INSTANTIATE_ROPE(float, "rope_float")
-INSTANTIATE_ROPE(half, "rope_half")
-INSTANTIATE_ROPE(bfloat, "rope_bfloat")
+INSTANTIATE_KERNEL(rope)

@@ -164,8 +164,4 @@ kernel void softmax(
 #endif
 }
 
-#define INSTANTIATE_SOFTMAX(T, host) \
-  template [[host_name(host)]] [[kernel]] decltype(softmax<T>) softmax<T>;
-INSTANTIATE_SOFTMAX(float, "softmax_float")
-INSTANTIATE_SOFTMAX(half, "softmax_half")
-INSTANTIATE_SOFTMAX(bfloat, "softmax_bfloat")
+INSTANTIATE_KERNEL(softmax)

@@ -89,6 +89,7 @@ def attention_plan(
     if decode and decode_tg_bytes(Dv, policy) > TG_MEMORY:
         raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy)} exceeds {TG_MEMORY}")
     defines = {
+        "DTYPE": name,
         "HEAD_DIM": D, "HEAD_DIM_V": Dv, "SCALE": float(scale), "IS_CAUSAL": is_causal, "HAS_WINDOW": window > 0,
         "MASK_KIND": mask_kind, "BLOCK_Q": bq, "BLOCK_KV": bkv, "PREFILL_SIMD": policy.prefill_simdgroups,
         "DECODE_MAX_Q": policy.decode_max_q, "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split,

@@ -37,7 +37,7 @@ def rope_plan(
     rows = batch * heads * seq
     items = rot // 2 + dim - rot
     total = rows * items
-    source = specialize(_template(), {"INTERLEAVED": interleaved})
+    source = specialize(_template(), {"DTYPE": METAL_DTYPES[dtype], "INTERLEAVED": interleaved})
     args = (TensorArg("out"), TensorArg("x"), TensorArg("cos"), TensorArg("sin"),
             *(IntArg(v) for v in (rows, items, heads, seq, dim, rot, *x_strides, *cos_strides, *sin_strides)))
     # The group size does not depend on the shape (sizes may be symbolic): a grid smaller
