@@ -21,6 +21,15 @@ using namespace metal;
   MPSK_INSTANTIATE_AS(name, float) MPSK_INSTANTIATE_AS(name, half) MPSK_INSTANTIATE_AS(name, bfloat)
 #endif
 
+// Index math within a row (columns, features, their offsets) is 32-bit, as 64-bit integer
+// operations are several times slower on Apple GPUs; a row's base offset stays 64-bit. The
+// host (ops/launch.py wide_index) defines IDX64 when an index could pass 2^32 - 1.
+#if IDX64
+typedef ulong idx_t;
+#else
+typedef uint idx_t;
+#endif
+
 // Finite stand-ins for -inf and +inf. Under fast math (torch compiles Metal so when
 // PYTORCH_MPS_FAST_MATH=1) the compiler may assume no value is infinite or NaN: `x == -inf`
 // and `isfinite(x)` fold to constants and an infinite intermediate is undefined. The

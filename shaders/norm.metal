@@ -5,7 +5,7 @@
 //   VEC          1 or 4: elements per load; 4 only when every row is 4-aligned
 //   NREG         0 for the looped form (rows longer than one pass, read twice),
 //                else the loads per thread kept in registers (row read once)
-//   HAS_WEIGHT, HAS_BIAS, EPS, WEIGHT_OFFSET
+//   HAS_WEIGHT, HAS_BIAS, EPS, WEIGHT_OFFSET, DTYPE, IDX64 (common.metal)
 //
 // Buffers (in order): out, x, [weight], [bias], then int64 n_cols,
 // x_row_stride, out_row_stride (in elements).
@@ -13,7 +13,7 @@
 template <typename T>
 struct NormIO {
   // Loads VEC elements starting at column c of a row as floats.
-  static inline void load(const device T* row, long c, thread float* dst) {
+  static inline void load(const device T* row, idx_t c, thread float* dst) {
 #if VEC == 4
     const float4 v = float4(*(const device vec<T, 4>*)(row + c));
     dst[0] = v.x;
@@ -25,7 +25,7 @@ struct NormIO {
 #endif
   }
 
-  static inline void store(device T* row, long c, thread const float* src) {
+  static inline void store(device T* row, idx_t c, thread const float* src) {
 #if VEC == 4
     *(device vec<T, 4>*)(row + c) = vec<T, 4>(float4(src[0], src[1], src[2], src[3]));
 #else
@@ -36,7 +36,7 @@ struct NormIO {
 
 // Scale and shift applied to normalized column c + j.
 template <typename T>
-inline float affine(float y, long col, const device T* w, const device T* b) {
+inline float affine(float y, idx_t col, const device T* w, const device T* b) {
 #if HAS_WEIGHT
   y *= float(w[col]) + WEIGHT_OFFSET;
 #endif
@@ -75,19 +75,19 @@ inline float affine(float y, long col, const device T* w, const device T* b) {
 
 // Writes affine((x - center) * scale) for the row, from registers or by re-reading.
 template <typename T>
-inline void write_row(device T* y, const device T* xr, thread float* vals, long n_cols, uint tid, uint tg_size,
+inline void write_row(device T* y, const device T* xr, thread float* vals, idx_t cols, uint tid, uint tg_size,
                       float center, float scale, const device T* w, const device T* b) {
   float tmp[VEC];
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
       for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>((vals[r * VEC + j] - center) * scale, c + j, w, b);
       NormIO<T>::store(y, c, tmp);
     }
   }
 #else
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
     NormIO<T>::load(xr, c, tmp);
     for (int j = 0; j < VEC; ++j) tmp[j] = affine<T>((tmp[j] - center) * scale, c + j, w, b);
     NormIO<T>::store(y, c, tmp);
@@ -100,18 +100,19 @@ kernel void rms_norm(NORM_PARAMS) {
   threadgroup float scratch[32];
   const device T* xr = x + long(row) * x_row_stride;
   device T* y = out + long(row) * out_row_stride;
+  const idx_t cols = idx_t(n_cols);
   float vals[NREG > 0 ? NREG * VEC : 1];
   float acc = 0.0f;
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
       NormIO<T>::load(xr, c, vals + r * VEC);
       for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] * vals[r * VEC + j];
     }
   }
 #else
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
     float tmp[VEC];
     NormIO<T>::load(xr, c, tmp);
     for (int j = 0; j < VEC; ++j) acc += tmp[j] * tmp[j];
@@ -119,7 +120,7 @@ kernel void rms_norm(NORM_PARAMS) {
 #endif
   const float total = threadgroup_sum(acc, scratch, lane, simd_id, n_simd);
   const float inv_rms = rsqrt(total / float(n_cols) + EPS);
-  write_row<T>(y, xr, vals, n_cols, tid, tg_size, 0.0f, inv_rms, NORM_W, NORM_B);
+  write_row<T>(y, xr, vals, cols, tid, tg_size, 0.0f, inv_rms, NORM_W, NORM_B);
 }
 
 template <typename T>
@@ -127,6 +128,7 @@ kernel void layer_norm(NORM_PARAMS) {
   threadgroup float scratch[32];
   const device T* xr = x + long(row) * x_row_stride;
   device T* y = out + long(row) * out_row_stride;
+  const idx_t cols = idx_t(n_cols);
   float vals[NREG > 0 ? NREG * VEC : 1];
   // Sums are taken around the row's first element, so a large common offset
   // does not swamp the fp32 accumulator.
@@ -134,14 +136,14 @@ kernel void layer_norm(NORM_PARAMS) {
   float acc = 0.0f;
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
       NormIO<T>::load(xr, c, vals + r * VEC);
       for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] - pivot;
     }
   }
 #else
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
     float tmp[VEC];
     NormIO<T>::load(xr, c, tmp);
     for (int j = 0; j < VEC; ++j) acc += tmp[j] - pivot;
@@ -152,13 +154,13 @@ kernel void layer_norm(NORM_PARAMS) {
   float dev = 0.0f;
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
       for (int j = 0; j < VEC; ++j) dev += (vals[r * VEC + j] - mean) * (vals[r * VEC + j] - mean);
     }
   }
 #else
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
     float tmp[VEC];
     NormIO<T>::load(xr, c, tmp);
     for (int j = 0; j < VEC; ++j) dev += (tmp[j] - mean) * (tmp[j] - mean);
@@ -166,7 +168,7 @@ kernel void layer_norm(NORM_PARAMS) {
 #endif
   const float var = threadgroup_sum(dev, scratch, lane, simd_id, n_simd) / float(n_cols);
   const float rstd = rsqrt(var + EPS);
-  write_row<T>(y, xr, vals, n_cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
+  write_row<T>(y, xr, vals, cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
 }
 
 INSTANTIATE_KERNEL(rms_norm)

@@ -13,6 +13,7 @@
 //         one read, then a second read to write), else the loads per thread
 //         kept in registers (row read once)
 //   LOG   0 for softmax, 1 for log_softmax
+//   DTYPE, IDX64 (common.metal)
 //
 // Buffers (in order): out, x, then int64 n_cols, inner, x_outer_stride,
 // x_col_stride, x_inner_stride, out_outer_stride, out_col_stride,
@@ -27,7 +28,7 @@
 template <typename T>
 struct SoftmaxIO {
   // VEC elements from column c, each finite_or_sentinel.
-  static inline void load(const device T* row, long c, long stride, thread float* dst) {
+  static inline void load(const device T* row, idx_t c, idx_t stride, thread float* dst) {
 #if VEC == 4
     const vec<T, 4> v = *(const device vec<T, 4>*)(row + c);
     for (int j = 0; j < 4; ++j) {
@@ -41,7 +42,7 @@ struct SoftmaxIO {
   }
 
   // VEC results from column c, each written as the bits of its class (common.metal).
-  static inline void store(device T* row, long c, long stride, thread const float* src, thread const FloatClass* cls) {
+  static inline void store(device T* row, idx_t c, idx_t stride, thread const float* src, thread const FloatClass* cls) {
     typedef typename FloatBits<T>::bits B;
 #if VEC == 4
     vec<B, 4> v;
@@ -84,26 +85,27 @@ kernel void softmax(
     uint simd_id [[simdgroup_index_in_threadgroup]],
     uint n_simd [[simdgroups_per_threadgroup]]) {
   threadgroup float scratch[32];
-  const long o = long(row) / inner;
-  const long i = long(row) % inner;
-  const device T* xr = x + o * x_outer_stride + i * x_inner_stride;
-  device T* yr = out + o * out_outer_stride + i * out_inner_stride;
+  const uint o = row / uint(inner);
+  const uint i = row - o * uint(inner);
+  const device T* xr = x + long(o) * x_outer_stride + long(i) * x_inner_stride;
+  device T* yr = out + long(o) * out_outer_stride + long(i) * out_inner_stride;
+  const idx_t cols = idx_t(n_cols), x_cs = idx_t(x_col_stride), out_cs = idx_t(out_col_stride);
   float tmp[VEC];
   FloatClass cls[VEC];
 #if NREG > 0
   float vals[NREG * VEC];
   float m = FINITE_MIN;
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
-      SoftmaxIO<T>::load(xr, c, x_col_stride, vals + r * VEC);
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
+      SoftmaxIO<T>::load(xr, c, x_cs, vals + r * VEC);
       for (int j = 0; j < VEC; ++j) m = max(m, vals[r * VEC + j]);
     }
   }
   m = threadgroup_max(m, scratch, lane, simd_id, n_simd);
   float s = 0.0f;
   for (int r = 0; r < NREG; ++r) {
-    if ((long(r) * tg_size + tid) * VEC < n_cols) {
+    if ((idx_t(r) * tg_size + tid) * VEC < cols) {
       for (int j = 0; j < VEC; ++j) {
         const float e = exp_shift(vals[r * VEC + j], m);
         s += e;
@@ -119,8 +121,8 @@ kernel void softmax(
   // the threads' pairs are merged after the loop.
   float m = FINITE_MIN;
   float s = 0.0f;
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
-    SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
+    SoftmaxIO<T>::load(xr, c, x_cs, tmp);
     for (int j = 0; j < VEC; ++j) {
       const float v = tmp[j];
       if (v > m) {
@@ -143,23 +145,23 @@ kernel void softmax(
   const float log_sum = log(s_safe);
 #if NREG > 0
   for (int r = 0; r < NREG; ++r) {
-    const long c = (long(r) * tg_size + tid) * VEC;
-    if (c < n_cols) {
+    const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
+    if (c < cols) {
       for (int j = 0; j < VEC; ++j) {
         tmp[j] = finish(vals[r * VEC + j], m, inv_sum, log_sum, true, cls[j]);
         cls[j] = nan_row ? FloatClass::pos_inf_or_nan : cls[j];
       }
-      SoftmaxIO<T>::store(yr, c, out_col_stride, tmp, cls);
+      SoftmaxIO<T>::store(yr, c, out_cs, tmp, cls);
     }
   }
 #else
-  for (long c = long(tid) * VEC; c < n_cols; c += long(tg_size) * VEC) {
-    SoftmaxIO<T>::load(xr, c, x_col_stride, tmp);
+  for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
+    SoftmaxIO<T>::load(xr, c, x_cs, tmp);
     for (int j = 0; j < VEC; ++j) {
       tmp[j] = finish(tmp[j], m, inv_sum, log_sum, false, cls[j]);
       cls[j] = nan_row ? FloatClass::pos_inf_or_nan : cls[j];
     }
-    SoftmaxIO<T>::store(yr, c, out_col_stride, tmp, cls);
+    SoftmaxIO<T>::store(yr, c, out_cs, tmp, cls);
   }
 #endif
 }

@@ -61,6 +61,7 @@ def norm_plan(
         _template(),
         {"DTYPE": METAL_DTYPES[dtype], "VEC": vec, "NREG": nreg, "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias,
          "EPS": float(eps), "WEIGHT_OFFSET": float(weight_offset)},
+        index_extents=(cols + per_pass,),
     )
     args = [TensorArg("out"), TensorArg("x")]
     args += [TensorArg("weight")] if has_weight else []
