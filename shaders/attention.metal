@@ -3,7 +3,8 @@
 //   attn_prefill  flash-style: BLOCK_Q queries of one (batch, head) per threadgroup; K/V
 //                 tiles of BLOCK_KV keys staged in threadgroup memory; online softmax.
 //   attn_decode   Sq <= DECODE_MAX_Q: each SIMD-group walks its own keys (lanes split the
-//                 head dim), then the SIMD-groups' partial softmax states are merged. With
+//                 head dim), then the SIMD-groups' partial softmax states are merged, four
+//                 query rows per pass (bounded registers at every head dim). With
 //                 DECODE_SPLIT the keys are also split into partitions (one per threadgroup,
 //                 grid x) that write partial max / sum / output for attn_reduce.
 //   attn_reduce   merges the partitions of each query row.
@@ -182,7 +183,8 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
 }
 
 #define DECODE_THREADS (DECODE_SIMD * 32)
-#define DECODE_QV ((DECODE_MAX_Q + 3) / 4)  // float4 groups of query rows
+#define DECODE_ROWS 4  // query rows per pass over the keys: one float4 of scores
+#define DECODE_PASSES ((DECODE_MAX_Q + DECODE_ROWS - 1) / DECODE_ROWS)
 
 #if DECODE_SPLIT
 #define DECODE_OUTPUTS device float *part_m, device float *part_l, device float *part_o
@@ -191,94 +193,108 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
 #endif
 
 // Grid (partitions * DECODE_THREADS, Hq, B); partition p covers keys [p * part_size, ...).
+//
+// Registers: a lane keeps only the softmax state of DECODE_ROWS query rows (m, l and its
+// DV_LANES output dims each, 48 floats at Dv = 256); the query rows are read from threadgroup
+// memory, shared by every SIMD-group, and k and v one element at a time. Query rows beyond
+// DECODE_ROWS take another pass over the keys (Sq 5..8 with decode_max_q = 8).
 template <typename T>
 kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, ATTN_IDS) {
-  threadgroup float ms[DECODE_SIMD * DECODE_MAX_Q];
-  threadgroup float ls[DECODE_SIMD * DECODE_MAX_Q];
-  threadgroup float os[DECODE_SIMD * DECODE_MAX_Q * HEAD_DIM_V];
+  threadgroup float qs[DECODE_PASSES * DECODE_ROWS * HEAD_DIM];
+  threadgroup float ms[DECODE_SIMD * DECODE_ROWS];
+  threadgroup float ls[DECODE_SIMD * DECODE_ROWS];
+  threadgroup float os[DECODE_SIMD * DECODE_ROWS * HEAD_DIM_V];
   const long b = tgid.z, h = tgid.y, part = tgid.x;
   const long hk = h / group;
   const device T *qb = q + b * q_sb + h * q_sh;
   const device T *kb = k + b * k_sb + hk * k_sh;
   const device T *vb = v + b * v_sb + hk * v_sh;
 
-  float qr[DECODE_QV * 4][D_LANES];  // lane holds dims lane + 32 c of every row
-  float m[DECODE_MAX_Q], l[DECODE_MAX_Q], o[DECODE_MAX_Q][DV_LANES];
-  for (int r = 0; r < DECODE_QV * 4; ++r)
-    for (int c = 0; c < D_LANES; ++c) {
-      const long d = lane + 32 * c;
-      qr[r][c] = r < Sq && d < HEAD_DIM ? float(qb[r * q_ss + d]) : 0.0f;
-    }
-  for (int r = 0; r < DECODE_MAX_Q; ++r) {
-    m[r] = FINITE_MIN;
-    l[r] = 0.0f;
-    for (int c = 0; c < DV_LANES; ++c) o[r][c] = 0.0f;
+  for (uint e = tid; e < DECODE_PASSES * DECODE_ROWS * HEAD_DIM; e += DECODE_THREADS) {
+    const uint r = e / HEAD_DIM, d = e % HEAD_DIM;
+    qs[e] = r < Sq ? float(qb[r * q_ss + d]) : 0.0f;
   }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
   const long j0 = part * part_size;
   long j1 = j0 + part_size < Skv ? j0 + part_size : Skv;
 #if IS_CAUSAL
   j1 = j1 < Sq ? j1 : Sq;  // no query sees past key Sq - 1
 #endif
-  for (long j = j0 + sg; j < j1; j += DECODE_SIMD) {
-    float kr[D_LANES], vr[DV_LANES];
-    for (int c = 0; c < D_LANES; ++c) {
-      const long d = lane + 32 * c;
-      kr[c] = d < HEAD_DIM ? float(kb[j * k_ss + d]) : 0.0f;
+  for (int r0 = 0; r0 < Sq; r0 += DECODE_ROWS) {  // the same passes in every thread
+    float m[DECODE_ROWS], l[DECODE_ROWS], o[DECODE_ROWS][DV_LANES];
+    for (int t = 0; t < DECODE_ROWS; ++t) {
+      m[t] = FINITE_MIN;
+      l[t] = 0.0f;
+      for (int c = 0; c < DV_LANES; ++c) o[t][c] = 0.0f;
     }
-    for (int c = 0; c < DV_LANES; ++c) {
-      const long d = lane + 32 * c;
-      vr[c] = d < HEAD_DIM_V ? float(vb[j * v_ss + d]) : 0.0f;
-    }
-    for (int g = 0; g < DECODE_QV; ++g) {
+    threadgroup const float *qp = qs + r0 * HEAD_DIM;
+    for (long j = j0 + sg; j < j1; j += DECODE_SIMD) {
       float4 dots = float4(0.0f);
-      for (int c = 0; c < D_LANES; ++c)
-        dots += float4(qr[4 * g][c], qr[4 * g + 1][c], qr[4 * g + 2][c], qr[4 * g + 3][c]) * kr[c];
-      dots = simd_sum(dots);  // one reduction for four query rows
-      for (int t = 0; t < 4; ++t) {
-        const int r = 4 * g + t;
-        if (r >= Sq || r >= DECODE_MAX_Q) break;
-        const float s = masked_score(dots[t], r, j, window, MASK_ROW(r), MASK_STRIDE_K);
-        const float m_new = max(m[r], s);
-        const float alpha = exp(m[r] - m_new), p = key_weight(s, m_new);
-        l[r] = l[r] * alpha + p;
-        m[r] = m_new;
-        for (int c = 0; c < DV_LANES; ++c) o[r][c] = o[r][c] * alpha + p * vr[c];
+      for (int c = 0; c < D_LANES; ++c) {
+        const uint d = lane + 32 * c;
+        if (d < HEAD_DIM) {
+          const float kd = float(kb[j * k_ss + d]);
+          dots += float4(qp[d], qp[HEAD_DIM + d], qp[2 * HEAD_DIM + d], qp[3 * HEAD_DIM + d]) * kd;
+        }
+      }
+      dots = simd_sum(dots);  // one reduction for the pass's rows
+      float p[DECODE_ROWS];
+      for (int t = 0; t < DECODE_ROWS; ++t) {
+        const long r = r0 + t;
+        p[t] = 0.0f;
+        if (r < Sq) {
+          const float s = masked_score(dots[t], r, j, window, MASK_ROW(r), MASK_STRIDE_K);
+          const float m_new = max(m[t], s);
+          const float alpha = exp(m[t] - m_new);
+          p[t] = key_weight(s, m_new);
+          l[t] = l[t] * alpha + p[t];
+          m[t] = m_new;
+          for (int c = 0; c < DV_LANES; ++c) o[t][c] *= alpha;
+        }
+      }
+      for (int c = 0; c < DV_LANES; ++c) {
+        const uint d = lane + 32 * c;
+        const float vd = d < HEAD_DIM_V ? float(vb[j * v_ss + d]) : 0.0f;
+        for (int t = 0; t < DECODE_ROWS; ++t) o[t][c] += p[t] * vd;
       }
     }
-  }
-  // Merge the SIMD-groups' states through threadgroup memory.
-  for (int r = 0; r < DECODE_MAX_Q; ++r) {
-    if (lane == 0) {
-      ms[sg * DECODE_MAX_Q + r] = m[r];
-      ls[sg * DECODE_MAX_Q + r] = l[r];
+    // Merge the SIMD-groups' states of the pass's rows through threadgroup memory.
+    for (int t = 0; t < DECODE_ROWS; ++t) {
+      if (lane == 0) {
+        ms[sg * DECODE_ROWS + t] = m[t];
+        ls[sg * DECODE_ROWS + t] = l[t];
+      }
+      for (int c = 0; c < DV_LANES; ++c) {
+        const uint d = lane + 32 * c;
+        if (d < HEAD_DIM_V) os[(sg * DECODE_ROWS + t) * HEAD_DIM_V + d] = o[t][c];
+      }
     }
-    for (int c = 0; c < DV_LANES; ++c) {
-      const uint d = lane + 32 * c;
-      if (d < HEAD_DIM_V) os[(sg * DECODE_MAX_Q + r) * HEAD_DIM_V + d] = o[r][c];
-    }
-  }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  for (long e = tid; e < Sq * HEAD_DIM_V; e += DECODE_THREADS) {
-    const long r = e / HEAD_DIM_V, d = e % HEAD_DIM_V;
-    float mx = FINITE_MIN;
-    for (int s = 0; s < DECODE_SIMD; ++s) mx = max(mx, ms[s * DECODE_MAX_Q + r]);
-    float sum = 0.0f, acc = 0.0f;
-    for (int s = 0; s < DECODE_SIMD; ++s) {
-      const float w = exp(ms[s * DECODE_MAX_Q + r] - mx);  // a SIMD-group that saw no key has l = o = 0
-      sum += ls[s * DECODE_MAX_Q + r] * w;
-      acc += os[(s * DECODE_MAX_Q + r) * HEAD_DIM_V + d] * w;
-    }
-    const long row = (b * long(ngroups.y) + h) * Sq + r;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint e = tid; e < DECODE_ROWS * HEAD_DIM_V; e += DECODE_THREADS) {
+      const uint t = e / HEAD_DIM_V, d = e % HEAD_DIM_V;
+      const long r = r0 + t;
+      if (r >= Sq) continue;
+      float mx = FINITE_MIN;
+      for (int s = 0; s < DECODE_SIMD; ++s) mx = max(mx, ms[s * DECODE_ROWS + t]);
+      float sum = 0.0f, acc = 0.0f;
+      for (int s = 0; s < DECODE_SIMD; ++s) {
+        const float w = exp(ms[s * DECODE_ROWS + t] - mx);  // a SIMD-group that saw no key has l = o = 0
+        sum += ls[s * DECODE_ROWS + t] * w;
+        acc += os[(s * DECODE_ROWS + t) * HEAD_DIM_V + d] * w;
+      }
+      const long row = (b * long(ngroups.y) + h) * Sq + r;
 #if DECODE_SPLIT
-    const long slot = row * long(ngroups.x) + part;
-    part_o[slot * HEAD_DIM_V + d] = acc;
-    if (d == 0) {
-      part_m[slot] = mx;
-      part_l[slot] = sum;
-    }
+      const long slot = row * long(ngroups.x) + part;
+      part_o[slot * HEAD_DIM_V + d] = acc;
+      if (d == 0) {
+        part_m[slot] = mx;
+        part_l[slot] = sum;
+      }
 #else
-    out[row * HEAD_DIM_V + d] = T(sum > 0.0f ? acc / sum : 0.0f);
+      out[row * HEAD_DIM_V + d] = T(sum > 0.0f ? acc / sum : 0.0f);
 #endif
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);  // ms, ls, os are reused by the next pass
   }
 }
 
