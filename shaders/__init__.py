@@ -22,12 +22,25 @@ def load_source(name: str) -> str:
     return text if name == COMMON else (SOURCE_DIR / f"{COMMON}.metal").read_text() + text
 
 
+EXAMPLE_DIR = SOURCE_DIR / "examples"
+
+
+def load_example(name: str) -> str:
+    """Text of a sample kernel (`shaders/examples/<name>.metal`), written as a user would write one."""
+    path = EXAMPLE_DIR / f"{name}.metal"
+    if not isinstance(name, str) or not path.is_file():
+        known = sorted(p.stem for p in EXAMPLE_DIR.glob("*.metal"))
+        raise ValueError(f"no example kernel named {name!r}; the package has {known}")
+    return path.read_text()
+
+
 __all__ = [
     "BACKENDS",
     "KernelError",
     "KernelFunction",
     "ShaderLibrary",
     "compile_shader",
+    "load_example",
     "load_source",
     "resolve_backend",
 ]

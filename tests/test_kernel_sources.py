@@ -41,9 +41,9 @@ def test_a_specialized_library_holds_only_its_dtype(dtype):
 
 
 def test_the_plain_source_instantiates_every_dtype():
-    """Without DTYPE (a source used as is, e.g. the sample kernel) the macro makes all three."""
-    lib = ShaderLibrary(load_source("row_reduce"), "cpu")
-    assert dir(lib) == ["row_sum_squares_bfloat", "row_sum_squares_float", "row_sum_squares_half"]
+    """Without DTYPE (a source used as is) the macro makes all three."""
+    lib = ShaderLibrary(load_source("rope"), "cpu")
+    assert dir(lib) == ["rope_bfloat", "rope_float", "rope_half"]
 
 
 def test_every_kernel_file_uses_the_shared_macro():

@@ -1,5 +1,9 @@
+// A sample kernel (the demo's first check, the runtime tests and the emulator benchmark
+// use it), written as a user would write one: plain Metal, no mpsk helpers.
 // Row reductions: one threadgroup per row, per-thread partial sums, simd_sum,
 // then the SIMD-groups' partials combined through threadgroup memory.
+#include <metal_stdlib>
+using namespace metal;
 
 template <typename T>
 kernel void row_sum_squares(
@@ -33,4 +37,8 @@ kernel void row_sum_squares(
   }
 }
 
-INSTANTIATE_KERNEL(row_sum_squares)
+template [[host_name("row_sum_squares_float")]] [[kernel]] void row_sum_squares<float>(
+    device float*, constant float*, constant long&, uint, uint, uint, uint, uint, uint);
+template [[host_name("row_sum_squares_half")]] [[kernel]] void row_sum_squares<half>(
+    device float*, constant half*, constant long&, uint, uint, uint, uint, uint, uint);
+template [[host_name("row_sum_squares_bfloat")]] [[kernel]] decltype(row_sum_squares<bfloat>) row_sum_squares<bfloat>;
