@@ -35,22 +35,21 @@
 #define MASK_T T
 #endif
 #if MASK_KIND
-#define MASK_PARAMS                                                                  \
-  const device MASK_T *mask, constant long &m_sb, constant long &m_sh, constant long &m_sq, \
-      constant long &m_sk,
+#define MASK_PARAMS \
+  const device MASK_T *mask, constant long &m_sb, constant long &m_sh, constant long &m_sq, constant long &m_sk,
 #else
 #define MASK_PARAMS
 #endif
 
-#define ATTN_INPUTS                                                                       \
-  const device T *q, const device T *k, const device T *v, MASK_PARAMS constant long &Sq, \
-      constant long &Skv, constant long &group, constant long &window, constant long &q_sb,  \
-      constant long &q_sh, constant long &q_ss, constant long &k_sb, constant long &k_sh,    \
-      constant long &k_ss, constant long &v_sb, constant long &v_sh, constant long &v_ss
+#define ATTN_INPUTS                                                                                               \
+  const device T *q, const device T *k, const device T *v, MASK_PARAMS constant long &Sq, constant long &Skv,     \
+      constant long &group, constant long &window, constant long &q_sb, constant long &q_sh, constant long &q_ss, \
+      constant long &k_sb, constant long &k_sh, constant long &k_ss, constant long &v_sb, constant long &v_sh,    \
+      constant long &v_ss
 
-#define ATTN_IDS                                                              \
-  uint3 tgid [[threadgroup_position_in_grid]], uint3 ngroups [[threadgroups_per_grid]], \
-      uint tid [[thread_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]],  \
+#define ATTN_IDS                                                                         \
+  uint3 tgid [[threadgroup_position_in_grid]], uint3 ngroups [[threadgroups_per_grid]],  \
+      uint tid [[thread_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]], \
       uint sg [[simdgroup_index_in_threadgroup]]
 
 #if MASK_KIND
@@ -84,23 +83,25 @@ inline float masked_score(float dot, long i, long j, long window, M mrow, long m
 }
 
 // exp(s - m) for a score, exactly 0 for a hidden key.
-inline float key_weight(float s, float m) { return s == FINITE_MIN ? 0.0f : exp(s - m); }
+inline float key_weight(float s, float m) {
+  return s == FINITE_MIN ? 0.0f : exp(s - m);
+}
 
 #define KPAD (HEAD_DIM + 1)  // K tile row pitch: lanes read different rows at one column
 #define PREFILL_THREADS (PREFILL_SIMD * 32)
 #define ROWS_PER_SIMD (BLOCK_Q / PREFILL_SIMD)
 
 template <typename T>
-kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
+kernel void attn_prefill(device T* out, ATTN_INPUTS, ATTN_IDS) {
   threadgroup float qs[BLOCK_Q * HEAD_DIM];
   threadgroup float ks[BLOCK_KV * KPAD];
   threadgroup float vs[BLOCK_KV * HEAD_DIM_V];
   threadgroup float ps[BLOCK_Q * BLOCK_KV];  // scores, then probabilities, of the tile
   const long b = tgid.z, h = tgid.y, q0 = long(tgid.x) * BLOCK_Q;
   const long hk = h / group;
-  const device T *qb = q + b * q_sb + h * q_sh;
-  const device T *kb = k + b * k_sb + hk * k_sh;
-  const device T *vb = v + b * v_sb + hk * v_sh;
+  const device T* qb = q + b * q_sb + h * q_sh;
+  const device T* kb = k + b * k_sb + hk * k_sh;
+  const device T* vb = v + b * v_sb + hk * v_sh;
 
   for (uint e = tid; e < BLOCK_Q * HEAD_DIM; e += PREFILL_THREADS) {
     const long r = e / HEAD_DIM, d = e % HEAD_DIM;
@@ -144,7 +145,7 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
     threadgroup_barrier(mem_flags::mem_threadgroup);
     // Each SIMD-group owns ROWS_PER_SIMD rows of ps: online softmax, then P @ V.
     for (int rr = 0; rr < ROWS_PER_SIMD; ++rr) {
-      threadgroup float *pr = ps + (sg * ROWS_PER_SIMD + rr) * BLOCK_KV;
+      threadgroup float* pr = ps + (sg * ROWS_PER_SIMD + rr) * BLOCK_KV;
       float mx = FINITE_MIN;
       for (uint j = lane; j < BLOCK_KV; j += 32) mx = max(mx, pr[j]);
       const float m_new = max(m[rr], simd_max(mx));
@@ -173,7 +174,7 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
     const long i = q0 + sg * ROWS_PER_SIMD + rr;
     if (i < Sq) {
       const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
-      device T *orow = out + ((b * H + h) * Sq + i) * HEAD_DIM_V;
+      device T* orow = out + ((b * H + h) * Sq + i) * HEAD_DIM_V;
       for (int c = 0; c < DV_LANES; ++c) {
         const uint d = lane + 32 * c;
         if (d < HEAD_DIM_V) orow[d] = T(o[rr][c] * inv);
@@ -189,7 +190,7 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
 #if DECODE_SPLIT
 #define DECODE_OUTPUTS device float *part_m, device float *part_l, device float *part_o
 #else
-#define DECODE_OUTPUTS device T *out
+#define DECODE_OUTPUTS device T* out
 #endif
 
 // Grid (partitions * DECODE_THREADS, Hq, B); partition p covers keys [p * part_size, ...).
@@ -199,16 +200,16 @@ kernel void attn_prefill(device T *out, ATTN_INPUTS, ATTN_IDS) {
 // memory, shared by every SIMD-group, and k and v one element at a time. Query rows beyond
 // DECODE_ROWS take another pass over the keys (Sq 5..8 with decode_max_q = 8).
 template <typename T>
-kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, ATTN_IDS) {
+kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long& part_size, ATTN_IDS) {
   threadgroup float qs[DECODE_PASSES * DECODE_ROWS * HEAD_DIM];
   threadgroup float ms[DECODE_SIMD * DECODE_ROWS];
   threadgroup float ls[DECODE_SIMD * DECODE_ROWS];
   threadgroup float os[DECODE_SIMD * DECODE_ROWS * HEAD_DIM_V];
   const long b = tgid.z, h = tgid.y, part = tgid.x;
   const long hk = h / group;
-  const device T *qb = q + b * q_sb + h * q_sh;
-  const device T *kb = k + b * k_sb + hk * k_sh;
-  const device T *vb = v + b * v_sb + hk * v_sh;
+  const device T* qb = q + b * q_sb + h * q_sh;
+  const device T* kb = k + b * k_sb + hk * k_sh;
+  const device T* vb = v + b * v_sb + hk * v_sh;
 
   for (uint e = tid; e < DECODE_PASSES * DECODE_ROWS * HEAD_DIM; e += DECODE_THREADS) {
     const uint r = e / HEAD_DIM, d = e % HEAD_DIM;
@@ -227,7 +228,7 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, A
       l[t] = 0.0f;
       for (int c = 0; c < DV_LANES; ++c) o[t][c] = 0.0f;
     }
-    threadgroup const float *qp = qs + r0 * HEAD_DIM;
+    threadgroup const float* qp = qs + r0 * HEAD_DIM;
     for (long j = j0 + sg; j < j1; j += DECODE_SIMD) {
       float4 dots = float4(0.0f);
       for (int c = 0; c < D_LANES; ++c) {
@@ -300,9 +301,9 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long &part_size, A
 
 // Grid (B * Hq * Sq * 32) in groups of 32: one SIMD-group per query row merges its partitions.
 template <typename T>
-kernel void attn_reduce(device T *out, const device float *part_m, const device float *part_l,
-                        const device float *part_o, constant long &n_part,
-                        uint row [[threadgroup_position_in_grid]], uint lane [[thread_index_in_threadgroup]]) {
+kernel void attn_reduce(device T* out, const device float* part_m, const device float* part_l,
+                        const device float* part_o, constant long& n_part, uint row [[threadgroup_position_in_grid]],
+                        uint lane [[thread_index_in_threadgroup]]) {
   const long base = long(row) * n_part;
   float mx = FINITE_MIN;
   for (long p = 0; p < n_part; ++p) mx = max(mx, part_m[base + p]);

@@ -47,34 +47,29 @@ inline float affine(float y, idx_t col, const device T* w, const device T* b) {
   return y;
 }
 
-#define NORM_PARAMS                                   \
-  device T* out, const device T* x,                   \
-  NORM_WEIGHT_PARAM NORM_BIAS_PARAM                   \
-  constant long& n_cols, constant long& x_row_stride, \
-  constant long& out_row_stride,                      \
-  uint row [[threadgroup_position_in_grid]],          \
-  uint tid [[thread_position_in_threadgroup]],        \
-  uint tg_size [[threads_per_threadgroup]],           \
-  uint lane [[thread_index_in_simdgroup]],            \
-  uint simd_id [[simdgroup_index_in_threadgroup]],    \
-  uint n_simd [[simdgroups_per_threadgroup]]
+#define NORM_PARAMS                                                                                          \
+  device T *out, const device T *x, NORM_WEIGHT_PARAM NORM_BIAS_PARAM constant long &n_cols,                 \
+      constant long &x_row_stride, constant long &out_row_stride, uint row [[threadgroup_position_in_grid]], \
+      uint tid [[thread_position_in_threadgroup]], uint tg_size [[threads_per_threadgroup]],                 \
+      uint lane [[thread_index_in_simdgroup]], uint simd_id [[simdgroup_index_in_threadgroup]],              \
+      uint n_simd [[simdgroups_per_threadgroup]]
 
 #if HAS_WEIGHT
-#define NORM_WEIGHT_PARAM const device T* w,
+#define NORM_WEIGHT_PARAM const device T *w,
 #define NORM_W w
 #else
 #define NORM_WEIGHT_PARAM
 #define NORM_W nullptr
 #endif
 #if HAS_BIAS
-#define NORM_BIAS_PARAM const device T* b,
+#define NORM_BIAS_PARAM const device T *b,
 #define NORM_B b
 #else
 #define NORM_BIAS_PARAM
 #define NORM_B nullptr
 #endif
 
-#define NORM_ROWS                                   \
+#define NORM_ROWS                                    \
   const device T* xr = x + long(row) * x_row_stride; \
   device T* y = out + long(row) * out_row_stride;    \
   const idx_t cols = idx_t(n_cols)

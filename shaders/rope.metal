@@ -19,14 +19,12 @@
 // n_rows, n_items, heads, seq, dim, rot, x strides (b, h, s, d), cos strides
 // (b, h, s, d), sin strides (b, h, s, d), all in elements.
 template <typename T>
-kernel void rope(
-    device T* out, const device T* x, const device T* cos_t, const device T* sin_t,
-    constant long& n_rows, constant long& n_items, constant long& heads, constant long& seq,
-    constant long& dim, constant long& rot,
-    constant long& x_sb, constant long& x_sh, constant long& x_ss, constant long& x_sd,
-    constant long& c_sb, constant long& c_sh, constant long& c_ss, constant long& c_sd,
-    constant long& s_sb, constant long& s_sh, constant long& s_ss, constant long& s_sd,
-    uint gid [[thread_position_in_grid]]) {
+kernel void rope(device T* out, const device T* x, const device T* cos_t, const device T* sin_t, constant long& n_rows,
+                 constant long& n_items, constant long& heads, constant long& seq, constant long& dim,
+                 constant long& rot, constant long& x_sb, constant long& x_sh, constant long& x_ss, constant long& x_sd,
+                 constant long& c_sb, constant long& c_sh, constant long& c_ss, constant long& c_sd,
+                 constant long& s_sb, constant long& s_sh, constant long& s_ss, constant long& s_sd,
+                 uint gid [[thread_position_in_grid]]) {
   // The grid has n_rows * n_items < 2^32 threads (the host checks), so the (row, item) and
   // (b, h, s) splits are 32-bit: three divides, where 64-bit math took five.
   const uint items = uint(n_items), s_len = uint(seq);

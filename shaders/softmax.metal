@@ -42,7 +42,8 @@ struct SoftmaxIO {
   }
 
   // VEC results from column c, each written as the bits of its class (common.metal).
-  static inline void store(device T* row, idx_t c, idx_t stride, thread const float* src, thread const FloatClass* cls) {
+  static inline void store(device T* row, idx_t c, idx_t stride, thread const float* src,
+                           thread const FloatClass* cls) {
     typedef typename FloatBits<T>::bits B;
 #if VEC == 4
     vec<B, 4> v;
@@ -85,20 +86,20 @@ struct RowStats {
   }
 };
 
-#define SOFTMAX_PARAMS                                                                                \
-  device T *out, const device T *x, constant long &n_cols, constant long &inner,                      \
-      constant long &x_outer_stride, constant long &x_col_stride, constant long &x_inner_stride,      \
-      constant long &out_outer_stride, constant long &out_col_stride, constant long &out_inner_stride, \
-      uint row [[threadgroup_position_in_grid]], uint tid [[thread_position_in_threadgroup]],          \
-      uint tg_size [[threads_per_threadgroup]], uint lane [[thread_index_in_simdgroup]],              \
-      uint simd_id [[simdgroup_index_in_threadgroup]], uint n_simd [[simdgroups_per_threadgroup]]
+#define SOFTMAX_PARAMS                                                                                           \
+  device T *out, const device T *x, constant long &n_cols, constant long &inner, constant long &x_outer_stride,  \
+      constant long &x_col_stride, constant long &x_inner_stride, constant long &out_outer_stride,               \
+      constant long &out_col_stride, constant long &out_inner_stride, uint row [[threadgroup_position_in_grid]], \
+      uint tid [[thread_position_in_threadgroup]], uint tg_size [[threads_per_threadgroup]],                     \
+      uint lane [[thread_index_in_simdgroup]], uint simd_id [[simdgroup_index_in_threadgroup]],                  \
+      uint n_simd [[simdgroups_per_threadgroup]]
 
 // Row `row` of the launch is (o, i) of the (outer, cols, inner) view.
-#define SOFTMAX_ROWS                                                                      \
-  const uint o = row / uint(inner);                                                       \
-  const uint i = row - o * uint(inner);                                                   \
-  const device T *xr = x + long(o) * x_outer_stride + long(i) * x_inner_stride;          \
-  device T *yr = out + long(o) * out_outer_stride + long(i) * out_inner_stride;          \
+#define SOFTMAX_ROWS                                                            \
+  const uint o = row / uint(inner);                                             \
+  const uint i = row - o * uint(inner);                                         \
+  const device T* xr = x + long(o) * x_outer_stride + long(i) * x_inner_stride; \
+  device T* yr = out + long(o) * out_outer_stride + long(i) * out_inner_stride; \
   const idx_t cols = idx_t(n_cols), x_cs = idx_t(x_col_stride), out_cs = idx_t(out_col_stride)
 
 #if NREG > 0

@@ -6,16 +6,11 @@
 using namespace metal;
 
 template <typename T>
-kernel void row_sum_squares(
-    device float* out [[buffer(0)]],
-    constant T* x [[buffer(1)]],
-    constant long& cols [[buffer(2)]],
-    uint row [[threadgroup_position_in_grid]],
-    uint tid [[thread_position_in_threadgroup]],
-    uint tg_size [[threads_per_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
-    uint simd_id [[simdgroup_index_in_threadgroup]],
-    uint simd_count [[simdgroups_per_threadgroup]]) {
+kernel void row_sum_squares(device float* out [[buffer(0)]], constant T* x [[buffer(1)]],
+                            constant long& cols [[buffer(2)]], uint row [[threadgroup_position_in_grid]],
+                            uint tid [[thread_position_in_threadgroup]], uint tg_size [[threads_per_threadgroup]],
+                            uint lane [[thread_index_in_simdgroup]], uint simd_id [[simdgroup_index_in_threadgroup]],
+                            uint simd_count [[simdgroups_per_threadgroup]]) {
   threadgroup float partial[32];
   constant T* row_x = x + row * cols;
   float acc = 0.0;
@@ -37,8 +32,10 @@ kernel void row_sum_squares(
   }
 }
 
-template [[host_name("row_sum_squares_float")]] [[kernel]] void row_sum_squares<float>(
-    device float*, constant float*, constant long&, uint, uint, uint, uint, uint, uint);
-template [[host_name("row_sum_squares_half")]] [[kernel]] void row_sum_squares<half>(
-    device float*, constant half*, constant long&, uint, uint, uint, uint, uint, uint);
+template [[host_name("row_sum_squares_float")]] [[kernel]] void row_sum_squares<float>(device float*, constant float*,
+                                                                                       constant long&, uint, uint, uint,
+                                                                                       uint, uint, uint);
+template [[host_name("row_sum_squares_half")]] [[kernel]] void row_sum_squares<half>(device float*, constant half*,
+                                                                                     constant long&, uint, uint, uint,
+                                                                                     uint, uint, uint);
 template [[host_name("row_sum_squares_bfloat")]] [[kernel]] decltype(row_sum_squares<bfloat>) row_sum_squares<bfloat>;
