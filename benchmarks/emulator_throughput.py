@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_seconds  # noqa: E402
 
-from mps_inductor_ext.shaders import compile_shader, load_source  # noqa: E402
+from mps_inductor_ext.shaders import compile_shader, load_example  # noqa: E402
 
 SCALE = """
 #include <metal_stdlib>
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats, --rows and --cols must be positive")
 
     torch.manual_seed(0)
-    lib = compile_shader(load_source("row_reduce"), backend="cpu")
+    lib = compile_shader(load_example("row_reduce"), backend="cpu")
     x = torch.randn(args.rows, args.cols)
     out = torch.empty(args.rows)
     print("CPU emulator of Metal compute: emulator times, not GPU times")

@@ -37,7 +37,7 @@ def _timed(fn, device: str) -> float:
 
 def kernel_check(backend: str, device: str) -> bool:
     """One reduction kernel on this machine's shader backend: the runtime itself works."""
-    lib = shaders.compile_shader(shaders.load_source("row_reduce"), backend=backend)
+    lib = shaders.compile_shader(shaders.load_example("row_reduce"), backend=backend)
     torch.manual_seed(0)
     x = torch.randn(ROWS, COLS, device=device)
     out = torch.full((ROWS,), float("nan"), device=device)

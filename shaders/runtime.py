@@ -20,8 +20,14 @@ from . import mps_backend
 BACKENDS = ("auto", "mps", "cpu")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-_cache: dict[tuple[str, str, bool], object] = {}
+_cache: dict[tuple[str, str, bool, bool], object] = {}
 _cache_lock = threading.Lock()
+
+
+def _emulator_fast_math() -> bool:
+    from .emulator.library import fast_math_enabled
+
+    return fast_math_enabled()
 
 
 def resolve_backend(backend: str) -> str:
@@ -38,7 +44,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def _compile(source: str, backend: str, strict: bool):
-    key = (backend, source, strict)
+    key = (backend, source, strict, backend == "cpu" and _emulator_fast_math())
     with _cache_lock:
         lib = _cache.get(key)
     if lib is None:

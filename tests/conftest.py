@@ -19,3 +19,13 @@ def emulate():
         return compile_shader(source, backend="cpu", strict=strict)
 
     return build
+
+
+@pytest.fixture(params=[False, True], ids=["precise", "fast_math"])
+def math_mode(request, monkeypatch):
+    """Runs a test with the emulator compiling kernels in Metal's default (precise) math and in fast
+    math (MPSK_EMULATOR_FAST_MATH, as torch under PYTORCH_MPS_FAST_MATH=1 on a Mac)."""
+    from mps_inductor_ext.shaders.emulator.library import FAST_MATH_VARIABLE
+
+    monkeypatch.setenv(FAST_MATH_VARIABLE, "1" if request.param else "0")
+    return request.param

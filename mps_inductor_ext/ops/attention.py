@@ -26,6 +26,10 @@ from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
 MAX_HEAD_DIM = 256  # registers per lane and threadgroup memory are sized for this
 TG_MEMORY = 32 * 1024
+# Plans leave this much of TG_MEMORY unused: the compiler may pad or align threadgroup arrays
+# differently from the sum of their sizes, and a kernel past the limit fails to make a pipeline.
+TG_HEADROOM = 1024
+TG_BUDGET = TG_MEMORY - TG_HEADROOM
 MAX_BUFFERS = 31  # Metal's buffer argument table; every int64 scalar takes a slot
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
@@ -37,7 +41,8 @@ def _template() -> str:
 
 
 def prefill_tiles(d: int, dv: int, policy: AttentionPolicy) -> tuple[int, int, int]:
-    """(block_q, block_kv, threadgroup bytes) of the prefill kernel, shrunk to fit 32 KiB.
+    """(block_q, block_kv, threadgroup bytes) of the prefill kernel, shrunk to fit TG_BUDGET
+    (32 KiB less TG_HEADROOM).
 
     Q block, K tile (rows padded by one float), V tile and the score tile, all fp32.
     """
@@ -46,21 +51,27 @@ def prefill_tiles(d: int, dv: int, policy: AttentionPolicy) -> tuple[int, int, i
     def nbytes(bq: int, bkv: int) -> int:
         return 4 * (bq * d + bkv * (d + 1) + bkv * dv + bq * bkv)
 
-    while nbytes(bq, bkv) > TG_MEMORY:
+    while nbytes(bq, bkv) > TG_BUDGET:
         if bkv > 8:
             bkv //= 2
         elif bq // 2 >= policy.prefill_simdgroups and (bq // 2) % policy.prefill_simdgroups == 0:
             bq //= 2
         else:
             raise ValueError(
-                f"mpsk.attention: no prefill tiling of head dims {d}/{dv} fits {TG_MEMORY} bytes of threadgroup "
+                f"mpsk.attention: no prefill tiling of head dims {d}/{dv} fits {TG_BUDGET} bytes of threadgroup "
                 f"memory with {policy.prefill_simdgroups} SIMD-groups"
             )
     return bq, bkv, nbytes(bq, bkv)
 
 
-def decode_tg_bytes(dv: int, policy: AttentionPolicy) -> int:
-    return 4 * policy.decode_simdgroups * policy.decode_max_q * (dv + 2)
+DECODE_ROWS = 4  # query rows the decode kernel keeps in registers per pass over the keys
+
+
+def decode_tg_bytes(dv: int, policy: AttentionPolicy, d: int = MAX_HEAD_DIM) -> int:
+    """Threadgroup bytes of the decode kernel: the query rows (head dim `d`; by default the largest,
+    an upper bound) and one pass's merge buffers (max, sum and Dv outputs per SIMD-group and row)."""
+    rows = ceil_div(policy.decode_max_q, DECODE_ROWS) * DECODE_ROWS
+    return 4 * (rows * d + policy.decode_simdgroups * DECODE_ROWS * (dv + 2))
 
 
 def attention_plan(
@@ -88,9 +99,11 @@ def attention_plan(
     decode = Sq <= policy.decode_max_q
     split = decode and Skv > policy.split_kv_above
     bq, bkv, _ = prefill_tiles(D, Dv, policy)
-    if decode and decode_tg_bytes(Dv, policy) > TG_MEMORY:
-        raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy)} exceeds {TG_MEMORY}")
+    if decode and decode_tg_bytes(Dv, policy, D) > TG_BUDGET:
+        raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy, D)} exceeds "
+                         f"{TG_BUDGET}")
     defines = {
+        "DTYPE": name,
         "HEAD_DIM": D, "HEAD_DIM_V": Dv, "SCALE": float(scale), "IS_CAUSAL": is_causal, "HAS_WINDOW": window > 0,
         "MASK_KIND": mask_kind, "BLOCK_Q": bq, "BLOCK_KV": bkv, "PREFILL_SIMD": policy.prefill_simdgroups,
         "DECODE_MAX_Q": policy.decode_max_q, "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split,

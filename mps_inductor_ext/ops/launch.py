@@ -80,8 +80,11 @@ def ceil_div(a: Size, b: Size) -> Size:
     return sympy.ceiling(sympy.sympify(a) / b)
 
 
-def specialize(template: str, defines: Mapping[str, object]) -> str:
+def specialize(template: str, defines: Mapping[str, object], *, index_extents: Sequence[Size] = ()) -> str:
     """Source for one kernel variant: compile-time constants as #defines ahead of the template.
+
+    `index_extents` (the largest in-row index or element offset each of the kernel's index
+    computations forms) adds IDX64, the kernel's choice of 32- or 64-bit index math (wide_index).
 
     `<metal_stdlib>` is included first, so that names such as VEC or EPS cannot rewrite identifiers
     inside Apple's headers (the template's own include is then a no-op).
@@ -89,6 +92,8 @@ def specialize(template: str, defines: Mapping[str, object]) -> str:
     Floats are written with `repr` (the shortest exact decimal of the double) and an
     `f` suffix, so the compiler rounds them to float as PyTorch does.
     """
+    if index_extents:
+        defines = {**defines, "IDX64": wide_index(*index_extents)}
     lines = []
     for name, value in defines.items():
         if isinstance(value, bool):
@@ -105,6 +110,31 @@ def specialize(template: str, defines: Mapping[str, object]) -> str:
             raise TypeError(f"cannot specialize {name} with {type(value).__name__}")
         lines.append(f"#define {name} {text}")
     return "#include <metal_stdlib>\n" + "\n".join(lines) + "\n" + template
+
+
+INDEX32_LIMIT = 2**32  # the kernels' in-row indices are unsigned 32-bit unless IDX64 (common.metal)
+MAX_GRID_THREADS = 2**32 - 1  # [[thread_position_in_grid]] is a uint
+
+
+def wide_index(*extents: Size) -> bool:
+    """IDX64 for a kernel whose in-row indices reach `extents` (largest index or element offset each
+    forms): 64-bit index math when one could pass 2^32 - 1, or is symbolic (a graph compiled for
+    dynamic sizes serves any size); 32-bit otherwise, which Apple GPUs run several times faster."""
+    for e in extents:
+        if isinstance(e, sympy.Expr) and e.is_number:
+            e = int(e)
+        if not isinstance(e, int) or e >= INDEX32_LIMIT:
+            return True
+    return False
+
+
+def check_grid(kernel: str, threads: Size) -> None:
+    """A 1-D grid must number its threads in a uint; larger launches are refused, not wrapped."""
+    if isinstance(threads, sympy.Expr) and threads.is_number:
+        threads = int(threads)
+    if isinstance(threads, int) and threads > MAX_GRID_THREADS:
+        raise ValueError(f"mpsk: {kernel} would launch {threads} threads, more than a Metal grid "
+                         f"dimension numbers ({MAX_GRID_THREADS})")
 
 
 def _concrete(value: Size, what: str) -> int:

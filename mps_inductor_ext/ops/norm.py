@@ -59,8 +59,9 @@ def norm_plan(
     nreg = ceil_div(cols, per_pass) if isinstance(cols, int) and cols <= per_pass * MAX_REGISTER_LOADS else 0
     source = specialize(
         _template(),
-        {"VEC": vec, "NREG": nreg, "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias,
+        {"DTYPE": METAL_DTYPES[dtype], "VEC": vec, "NREG": nreg, "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias,
          "EPS": float(eps), "WEIGHT_OFFSET": float(weight_offset)},
+        index_extents=(cols + per_pass,),
     )
     args = [TensorArg("out"), TensorArg("x")]
     args += [TensorArg("weight")] if has_weight else []

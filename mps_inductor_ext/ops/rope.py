@@ -10,7 +10,7 @@ from .. import config
 from ..config import RopePolicy
 from ..shaders import load_source
 from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
-from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, specialize
+from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, check_grid, specialize
 from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
 
@@ -38,7 +38,9 @@ def rope_plan(
     rows = batch * heads * seq
     items = rot // 2 + dim - rot
     total = rows * items
-    source = specialize(_template(), {"INTERLEAVED": interleaved})
+    check_grid("rope", total)
+    source = specialize(_template(), {"DTYPE": METAL_DTYPES[dtype], "INTERLEAVED": interleaved},
+                        index_extents=(dim * x_strides[3], rot * cos_strides[3], rot * sin_strides[3]))
     args = (TensorArg("out"), TensorArg("x"), TensorArg("cos"), TensorArg("sin"),
             *(IntArg(v) for v in (rows, items, heads, seq, dim, rot, *x_strides, *cos_strides, *sin_strides)))
     # The group size does not depend on the shape (sizes may be symbolic): a grid smaller

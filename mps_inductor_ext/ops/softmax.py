@@ -47,7 +47,8 @@ def softmax_plan(
     nreg = 0
     if isinstance(cols, int) and cols <= policy.online_above and ceil_div(cols, threads * vec) <= MAX_REGISTER_LOADS:
         nreg = ceil_div(cols, threads * vec)
-    source = specialize(_template(), {"VEC": vec, "NREG": nreg, "LOG": log})
+    source = specialize(_template(), {"DTYPE": METAL_DTYPES[dtype], "VEC": vec, "NREG": nreg, "LOG": log},
+                        index_extents=(cols + threads * vec, cols * x_strides[1], cols * out_strides[1]))
     args = (TensorArg("out"), TensorArg("x"), IntArg(cols), IntArg(inner),
             *(IntArg(s) for s in x_strides), *(IntArg(s) for s in out_strides))
     rows = outer * inner

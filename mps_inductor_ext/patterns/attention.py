@@ -30,7 +30,7 @@ from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .. import config
-from ..ops.attention import MAX_HEAD_DIM, TG_MEMORY, decode_tg_bytes, prefill_tiles
+from ..ops.attention import MAX_HEAD_DIM, TG_BUDGET, decode_tg_bytes, prefill_tiles
 from . import NearMiss, Rewrite, fx, supported_dtype
 from .fx import arg, cast_target, constant, insert_call, is_op, op_name, operands, tensor, val
 
@@ -198,7 +198,7 @@ def _checks(anchor: Node, q: object, k: object, v: object, mask: object, autocas
         return f"head dim {D} (v: {Dv}) is outside the 1..{MAX_HEAD_DIM} the Metal kernels take"
     try:
         prefill_tiles(D, Dv, config.attention)
-        if decode_tg_bytes(Dv, config.attention) > TG_MEMORY:
+        if decode_tg_bytes(Dv, config.attention, D) > TG_BUDGET:
             raise ValueError("decode threadgroup memory")
     except ValueError:
         return f"head dim {D} (v: {Dv}) does not fit threadgroup memory under config.attention"

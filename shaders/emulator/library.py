@@ -8,6 +8,10 @@ outside their buffers. An error therefore leaves every argument as it was.
 Beyond what torch.mps.compile_shader can do, and on the emulator only (so kernels from other
 projects run verbatim): function constants (`specialized(constants)`), host-sized threadgroup
 memory (`threadgroup_memory={k: nbytes}`), and buffers bound by index with holes (`dispatch`).
+
+Two environment knobs make it behave as a particular Mac does: MPSK_EMULATOR_MAX_THREADS lowers
+every pipeline's thread limit (`pipeline_thread_limit`), and MPSK_EMULATOR_FAST_MATH (or torch's
+PYTORCH_MPS_FAST_MATH) compiles kernel source in fast-math mode (`fast_math_enabled`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KernelError, UndefinedBehaviorWarning
-from . import abi, binding, reports, toolchain
+from . import abi, binding, reports, stacks, toolchain
 from .abi import LaunchFlag, ParamKind, Status
 from .prepass import DISPATCH_ATTRIBUTES
 from .staging import RED_ZONE, Staged, extent, only_atomic_rounding, stray_write_message
 
 MAX_THREADS_PER_THREADGROUP = abi.MAX_THREADS_PER_THREADGROUP
 THREAD_LIMIT_VARIABLE = "MPSK_EMULATOR_MAX_THREADS"
+FAST_MATH_VARIABLE = "MPSK_EMULATOR_FAST_MATH"
+TORCH_FAST_MATH_VARIABLE = "PYTORCH_MPS_FAST_MATH"
 
 
 def pipeline_thread_limit() -> int:
@@ -45,6 +51,21 @@ def pipeline_thread_limit() -> int:
         raise ValueError(f"{THREAD_LIMIT_VARIABLE} must be a multiple of 32 from 32 to "
                          f"{MAX_THREADS_PER_THREADGROUP}, got {raw!r}")
     return value
+
+
+def fast_math_enabled() -> bool:
+    """Whether kernel source is compiled in fast-math mode: $MPSK_EMULATOR_FAST_MATH if set, else torch's
+    own $PYTORCH_MPS_FAST_MATH (which makes torch compile Metal with MTLMathModeFast on a Mac), each on
+    when set to anything but "0". Metal's fast math assumes no Inf or NaN, so a kernel whose `-inf`
+    guards give NaN there is caught here. Read at each build (torch reads its variable once per process),
+    so tests can switch it; the setting is part of every cache key."""
+    for name in (FAST_MATH_VARIABLE, TORCH_FAST_MATH_VARIABLE):
+        raw = os.environ.get(name)
+        if raw is not None and raw.strip() != "":
+            return raw.strip() != "0"
+    return False
+
+
 SIMD_WIDTH = abi.SIMD_WIDTH
 
 
@@ -339,15 +360,19 @@ _abi_checked = False
 class EmulatedLibrary:
     """A compiled shader library on the CPU emulator (torch's `_mps_ShaderLibrary`).
 
-    `constants` sets function constants by name (see `specialized`)."""
+    `constants` sets function constants by name (see `specialized`); `fast_math` (default: the
+    environment's, `fast_math_enabled()`) compiles the kernel source in fast-math mode."""
 
-    def __init__(self, source: str, strict: bool = False, constants: dict[str, bool | int | float] | None = None):
+    def __init__(self, source: str, strict: bool = False, constants: dict[str, bool | int | float] | None = None,
+                 fast_math: bool | None = None):
         self.source = source
         self.strict = strict
         self.constants = dict(constants or {})
-        self.path = toolchain.build(source, self.constants)
+        self.fast_math = fast_math_enabled() if fast_math is None else fast_math
+        self.path = toolchain.build(source, self.constants, fast_math=self.fast_math)
         dll = ctypes.CDLL(str(self.path))
         self._declare(dll)
+        stacks.attach(dll)
         self._dll = dll
         self._check_abi()
         self._kernels = {}
@@ -439,7 +464,7 @@ class EmulatedLibrary:
             named[name] = value
         key = tuple(sorted((k, type(v).__name__, v) for k, v in named.items()))
         if key not in self._specializations:
-            self._specializations[key] = EmulatedLibrary(self.source, self.strict, named)
+            self._specializations[key] = EmulatedLibrary(self.source, self.strict, named, self.fast_math)
         return self._specializations[key]
 
     def atomic_ranges(self) -> list[tuple[int, int, float]]:

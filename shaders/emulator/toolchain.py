@@ -59,6 +59,13 @@ COMPILE_FLAGS = (
 )
 
 
+# Metal's fast math (MTLMathModeFast, which torch selects under PYTORCH_MPS_FAST_MATH=1) assumes no
+# Inf and no NaN and allows reassociation, reciprocals, contraction and approximate functions: all
+# of clang's -ffast-math, not only its finite-math subset, so a kernel is tested against every
+# licence the Mac's compiler has. It also defines __FAST_MATH__, as Metal's compiler does.
+FAST_MATH_FLAGS = ("-ffast-math", "-ffp-contract=fast", "-Wno-nan-infinity-disabled")
+
+
 @functools.cache
 def zig_executable() -> str:
     try:
@@ -112,9 +119,12 @@ def _compile_error(stderr: str, build_dir: str) -> SyntaxError:
     return err
 
 
-def library_path(source: str, constants: dict[str, bool | int | float] | None = None) -> Path:
-    """Where the library built from `source` with `constants` is cached."""
+def library_path(source: str, constants: dict[str, bool | int | float] | None = None,
+                 fast_math: bool = False) -> Path:
+    """Where the library built from `source` with `constants` (and in fast-math mode or not) is cached."""
     text = _toolchain_fingerprint() + "\0" + source
+    if fast_math:
+        text += "\0fast-math"
     if constants:
         text += "\0" + repr(sorted((k, type(v).__name__, v) for k, v in constants.items()))
     key = hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -174,9 +184,10 @@ def _space_mismatch(stderr: str) -> bool:
     return False
 
 
-def build(source: str, constants: dict[str, bool | int | float] | None = None) -> Path:
+def build(source: str, constants: dict[str, bool | int | float] | None = None, *, fast_math: bool = False) -> Path:
     """Returns the path of the built library for `source` (function constants set by name as
-    `constants` says), compiling it if not cached.
+    `constants` says), compiling it if not cached. `fast_math` compiles it with FAST_MATH_FLAGS; the
+    runtime's checks do not depend on it (they compare bytes and addresses, never float values).
 
     Raises SyntaxError with the compiler's message when the source does not compile,
     as torch.mps.compile_shader does.
@@ -185,18 +196,19 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None) -
         raise TypeError(f"shader source must be a str, got {type(source).__name__}")
     if not source.strip():
         raise ValueError("shader source is empty")
-    out = library_path(source, constants)
+    out = library_path(source, constants, fast_math)
     if cache.lookup(out):
         return out
     with tempfile.TemporaryDirectory(prefix="mpsk-build-") as tmp:
         src = Path(tmp) / "shader.metal"
         src.write_text(source)
-        preprocessed = _clang([*PREPROCESS_FLAGS, "-I", str(INCLUDE_DIR / "stub"), str(src)], tmp)
+        fast = list(FAST_MATH_FLAGS) if fast_math else []
+        preprocessed = _clang([*PREPROCESS_FLAGS, *fast, "-I", str(INCLUDE_DIR / "stub"), str(src)], tmp)
         prepared = prepass.prepare(preprocessed, filename="shader.metal", constants=constants)
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"
-        compile_args = [*COMPILE_FLAGS, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)]
+        compile_args = [*COMPILE_FLAGS, *fast, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)]
         try:
             _clang([*compile_args, "-ferror-limit=0"], tmp)
         except SyntaxError as first:

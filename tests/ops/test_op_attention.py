@@ -128,7 +128,7 @@ def test_causal_shapes_and_gqa(rec):
               causal=True)
 
 
-def test_sliding_window_with_causal(rec):
+def test_sliding_window_with_causal(rec, math_mode):
     """Mistral: keys in (i - window, i]; with Sq > Skv the late rows see no key and give 0."""
     for window, (Sq, Skv) in [(1, (20, 20)), (3, (37, 30)), (8, (50, 9)), (1000, (18, 40)), (2, (4, 30))]:
         got = check(rec, *qkv(1, 4, 1, Sq, Skv, 64, seed=window), "attn_decode" if Sq <= 4 else "attn_prefill",
@@ -138,7 +138,7 @@ def test_sliding_window_with_causal(rec):
     check(rec, *qkv(1, 2, 1, 21, 40, 64, dtype=torch.bfloat16, seed=9), "attn_prefill", causal=True, window=5)
 
 
-def test_bool_masks_with_broadcasting_and_window(rec):
+def test_bool_masks_with_broadcasting_and_window(rec, math_mode):
     """Bool masks of several broadcast shapes, alone (window 1000 hides nothing) and with a
     non-causal window; fully masked rows included."""
     B, Hq, Sq, Skv = 2, 4, 19, 37
@@ -169,7 +169,7 @@ def test_bool_masks_with_broadcasting_and_window(rec):
     assert (metal(q, k, v, full, None, False, 1000)[0, 1, 3] == 0).all()
 
 
-def test_float_masks_with_causal(rec):
+def test_float_masks_with_causal(rec, math_mode):
     """Additive masks (with -inf entries and fully hidden rows) combined with the causal mask,
     as PyTorch combines them; a float32 mask on half inputs is converted to half."""
     B, Hq, Sq, Skv = 1, 4, 21, 30
@@ -189,6 +189,28 @@ def test_float_masks_with_causal(rec):
     assert_close_dtype(got, reference(q, k, v, head_bias.half(), causal=True), TOL[torch.float16])
 
 
+@pytest.mark.parametrize("kind", ["bool", "-inf", "finfo.min"])
+def test_left_padding(rec, math_mode, kind):
+    """A batch padded on the left, as Hugging Face builds it: causal and padding in one mask. Padded
+    query rows see no key and give 0 (bool, -inf); with finfo.min (a finite mask) every key stays
+    visible and they average the padded keys, as PyTorch computes it. Under fast math too."""
+    B, Hq, S, pad = 2, 2, 24, (0, 9)
+    keep = torch.ones(B, 1, S, S, dtype=torch.bool).tril()
+    keep[1, :, :, :pad[1]] = False
+    for dtype in DTYPES:
+        if kind == "bool":
+            mask = keep
+        else:
+            fill = float("-inf") if kind == "-inf" else torch.finfo(dtype).min
+            mask = torch.zeros(B, 1, S, S, dtype=dtype).masked_fill(~keep, fill)
+        q, k, v = qkv(B, Hq, 1, S, S, 64, dtype=dtype, seed=21)
+        got = check(rec, q, k, v, "attn_prefill", mask=mask)
+        if kind != "finfo.min":
+            assert (got[1, :, :pad[1]] == 0).all()
+        with config.patch(attention=SPLIT):
+            check(rec, q[:, :, :3], k, v, "attn_decode", mask=mask[:, :, :3])
+
+
 def test_split_kv(rec):
     """Long Skv: partitions of 32 keys (the last partial), then the reduce pass; GQA 8:1."""
     with config.patch(attention=SPLIT):
@@ -201,7 +223,7 @@ def test_split_kv(rec):
         assert len(rec.calls[-1][2].scratch) == 3
 
 
-def test_split_kv_with_mask_hiding_partitions(rec):
+def test_split_kv_with_mask_hiding_partitions(rec, math_mode):
     """Partitions with no visible key (max -inf) and a fully hidden row merge to the right answer."""
     Sq, Skv = 3, 150
     mask = torch.zeros(Sq, Skv, dtype=torch.bool)

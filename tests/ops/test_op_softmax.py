@@ -90,17 +90,38 @@ def test_large_magnitudes(dtype, log, policy):
 
 @pytest.mark.parametrize("policy", [None, ONLINE], ids=["registers", "online"])
 @pytest.mark.parametrize("log", [False, True])
-def test_infinite_rows(log, policy):
-    """All -inf gives NaN as in torch, and so does a row holding +inf; a partly -inf row
-    gives 0 (softmax) or -inf (log) there."""
-    x = torch.randn(5, 40, generator=gen(2))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_rows(log, policy, dtype, math_mode):
+    """All -inf gives NaN as in torch, and so does a row holding +inf or NaN; a partly -inf row
+    gives 0 (softmax) or -inf (log) there, also when its first elements are -inf (left padding).
+    Under fast math too."""
+    x = torch.randn(6, 40, generator=gen(2))
     x[0] = float("-inf")
     x[1, ::3] = float("-inf")
     x[2, 5:] = float("-inf")
     x[3, 7] = float("inf")
+    x[4, :30] = float("-inf")
+    x[5, 11] = float("nan")
+    x = x.to(dtype)
     ref = reference(x, -1, log)
-    assert ref[0].isnan().all() and ref[3].isnan().all() and not ref[1:3].isnan().any()
+    assert ref[0].isnan().all() and ref[3].isnan().all() and ref[5].isnan().all()
+    assert not ref[1:3].isnan().any() and not ref[4].isnan().any()
     assert_close_nan(metal(x, -1, log, policy), ref)
+
+
+@pytest.mark.parametrize("policy", [None, ONLINE], ids=["registers", "online"])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lowest_finite_rows(log, policy, dtype):
+    """The lowest finite value (Hugging Face's padding fill) is a value, not a hidden element: a row
+    of it is uniform, and beside -inf it still counts (the kernel's -inf sentinel is finite too)."""
+    x = torch.randn(3, 40, generator=gen(3)).to(dtype)
+    low = torch.finfo(dtype).min
+    x[0] = low
+    x[1, :20] = low
+    x[2, :20] = low
+    x[2, 20:] = float("-inf")
+    assert_close_nan(metal(x, -1, log, policy), reference(x, -1, log))
 
 
 @pytest.mark.parametrize("policy", [None, ONLINE], ids=["registers", "online"])

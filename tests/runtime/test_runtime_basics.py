@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import nan_like, requires_mps
 
-from mps_inductor_ext.shaders import compile_shader, load_source
+from mps_inductor_ext.shaders import compile_shader, load_example
 
 SCALE = """
 #include <metal_stdlib>
@@ -27,7 +27,7 @@ def test_elementwise_kernel(emulate):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cols,group", [(1, 32), (31, 32), (1000, 64), (4096, 256), (5000, 1024)])
 def test_row_reduction(emulate, dtype, cols, group):
-    lib = emulate(load_source("row_reduce"))
+    lib = emulate(load_example("row_reduce"))
     name = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat"}[dtype]
     x = torch.randn(5, cols, generator=torch.Generator().manual_seed(cols)).to(dtype)
     out = torch.full((5,), float("nan"))
@@ -57,13 +57,13 @@ def test_shim_calls_match_convenience_call(emulate):
 
 
 def test_static_threadgroup_memory_length(emulate):
-    lib = emulate(load_source("row_reduce"))
+    lib = emulate(load_example("row_reduce"))
     assert lib.row_sum_squares_half.static_thread_group_memory_length == 32 * 4
 
 
 @requires_mps
 def test_row_reduction_agrees_with_mps():
-    src = load_source("row_reduce")
+    src = load_example("row_reduce")
     x = torch.randn(7, 3000, generator=torch.Generator().manual_seed(3))
     outs = []
     for backend, device in (("cpu", "cpu"), ("mps", "mps")):

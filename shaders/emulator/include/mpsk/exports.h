@@ -20,6 +20,13 @@ MPSK_EXPORT int mpsk_atomic_ranges(unsigned long* out, double* scale, int max) {
 
 MPSK_EXPORT const char* mpsk_undefined_note() { return mpsk_rt::undefined_note; }
 
+// The host's fiber-stack pool: `provider(i)` returns the calling thread's stack i (kFiberStack
+// bytes above a guard page), the same for every library.
+MPSK_EXPORT void mpsk_set_stack_provider(unsigned char* (*provider)(int)) { mpsk_rt::stack_provider = provider; }
+
+// Bytes of one fiber stack (the host sizes its pool with it).
+MPSK_EXPORT unsigned long mpsk_fiber_stack_bytes() { return mpsk_rt::kFiberStack; }
+
 // 1 and *value set when `name` is an ABI number the runtime defines, else 0.
 MPSK_EXPORT int mpsk_abi_value(const char* name, long* value) {
   for (const auto& a : mpsk_rt::kAbi)

@@ -553,14 +553,22 @@ inline Thread* thread_pool() {
 }
 
 // Fiber stacks, each above a guard page so an overflow faults instead of
-// silently corrupting a neighbour.
+// silently corrupting a neighbour. Every library in a process takes them from
+// the host's one pool per host thread (mpsk_set_stack_provider): stacks of its
+// own would cost each loaded library up to 2048 memory mappings, and a process
+// may hold only about 65000.
+inline unsigned char* (*stack_provider)(int) = nullptr;
+
 inline unsigned char* fiber_stack(int i) {
   static thread_local unsigned char* stacks[kMaxThreadsPerGroup] = {};
   if (!stacks[i]) {
-    void* p = mmap(nullptr, kFiberStack + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    mprotect(p, 4096, PROT_NONE);
-    stacks[i] = static_cast<unsigned char*>(p) + 4096;
+    if (stack_provider) stacks[i] = stack_provider(i);
+    if (!stacks[i]) {
+      void* p = mmap(nullptr, kFiberStack + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+      mprotect(p, 4096, PROT_NONE);
+      stacks[i] = static_cast<unsigned char*>(p) + 4096;
+    }
   }
   return stacks[i];
 }
