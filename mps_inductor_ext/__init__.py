@@ -16,6 +16,7 @@ from .backend import register as _register_backend
 from .diagnostics import explain
 from .emulated_mps import count_launches, emulate_mps_device
 from .passes import counters, reset_counters
+from .quantization import QuantizedLinear, quantize
 from .shaders import KernelError, compile_shader
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KernelError",
     "MetalKernelsNotUsedWarning",
+    "QuantizedLinear",
     "__version__",
     "aoti_compile_and_package",
     "aoti_load_package",
@@ -34,6 +36,7 @@ __all__ = [
     "emulate_mps_device",
     "explain",
     "ops",
+    "quantize",
     "reset_counters",
     "shaders",
 ]
