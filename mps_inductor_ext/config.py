@@ -101,6 +101,23 @@ class AttentionPolicy:
             raise ValueError(f"partition_size must be a multiple of 32, got {self.partition_size}")
 
 
+@dataclasses.dataclass(frozen=True)
+class QuantizedPolicy:
+    """quantized_linear: each SIMD-group computes `outputs_per_simdgroup` outputs of up to 8 rows
+    of x, `simdgroups` SIMD-groups per threadgroup."""
+
+    simdgroups: int = 2
+    outputs_per_simdgroup: int = 4
+
+    def __post_init__(self):
+        _check_positive(self.simdgroups, "simdgroups")
+        _check_positive(self.outputs_per_simdgroup, "outputs_per_simdgroup")
+        if self.simdgroups > 32:
+            raise ValueError(f"simdgroups must be at most 32 (1024 threads), got {self.simdgroups}")
+        if self.outputs_per_simdgroup > 32:
+            raise ValueError(f"outputs_per_simdgroup must be at most 32, got {self.outputs_per_simdgroup}")
+
+
 def _check_positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -137,8 +154,9 @@ norm: NormPolicy = NormPolicy()
 softmax: SoftmaxPolicy = SoftmaxPolicy()
 rope: RopePolicy = RopePolicy()
 attention: AttentionPolicy = AttentionPolicy()
+quantized: QuantizedPolicy = QuantizedPolicy()
 
-SETTINGS = ("emulate_metal", "patterns", "norm", "softmax", "rope", "attention")
+SETTINGS = ("emulate_metal", "patterns", "norm", "softmax", "rope", "attention", "quantized")
 _DEFAULTS: dict[str, Any] = {k: globals()[k] for k in SETTINGS}
 _TYPES: dict[str, type] = {k: type(v) for k, v in _DEFAULTS.items()}
 

@@ -75,18 +75,19 @@ def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(w_packed: torch.Tensor, bits: int) -> torch.Tensor:
     """(N, W) int32 words -> (N, W * 32 / bits) int32 values in [0, 2**bits)."""
+    n, k = w_packed.shape[0], w_packed.shape[1] * (32 // bits)
     shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=w_packed.device)
-    return ((w_packed.unsqueeze(-1) >> shifts) & (2**bits - 1)).reshape(w_packed.shape[0], -1)
+    return ((w_packed.unsqueeze(-1) >> shifts) & (2**bits - 1)).reshape(n, k)
 
 
 def dequantize(w_packed: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
                bits: int) -> torch.Tensor:
     """The (N, K) weight in the scales' dtype. The `backend="mpsk"` pattern matches exactly these
     operations (unpack's included), so a change here is a change to patterns/quantized_linear.py."""
-    n = w_packed.shape[0]
-    q = unpack(w_packed, bits).reshape(n, -1, group_size).to(scales.dtype)
+    n, k = w_packed.shape[0], w_packed.shape[1] * (32 // bits)
+    q = unpack(w_packed, bits).reshape(n, k // group_size, group_size).to(scales.dtype)
     w = q * scales.unsqueeze(-1) + biases.unsqueeze(-1)
-    return w.reshape(n, -1)
+    return w.reshape(n, k)
 
 
 class QuantizedLinear(nn.Module):

@@ -42,3 +42,15 @@ def launched_variants() -> Iterator[list[Variant]]:
     with mock.patch.object(ShaderLibrary, "get_kernel_function", get), \
             mock.patch.object(KernelFunction, "dispatch", dispatch):
         yield seen
+
+
+def dequantize_from_bytes(w_packed, scales, biases, group_size: int, bits: int):
+    """The (N, K) float64 weight of quantization.py's format, read from its documented layout rather
+    than through the package's code: int32 words as little-endian bytes, two 4-bit values per byte
+    (low nibble first) or one 8-bit value, and W = scale * q + bias per group of `group_size`."""
+    import torch
+
+    raw = w_packed.contiguous().view(torch.uint8).to(torch.int64)
+    q = torch.stack((raw & 15, raw >> 4), dim=-1).flatten(1) if bits == 4 else raw
+    group = torch.arange(q.shape[1]) // group_size
+    return scales.double()[:, group] * q.double() + biases.double()[:, group]

@@ -7,6 +7,7 @@ import io
 
 import pytest
 import torch
+from helpers import dequantize_from_bytes
 from torch import nn
 
 import mps_inductor_ext as mpsk
@@ -18,12 +19,7 @@ def gen(seed: int) -> torch.Generator:
 
 
 def weights_from_bytes(layer: QuantizedLinear) -> torch.Tensor:
-    """The layer's weight read from the documented layout, not through the module's code: the int32
-    words as little-endian bytes, two 4-bit values per byte (low nibble first) or one 8-bit value."""
-    raw = layer.w_packed.contiguous().view(torch.uint8).to(torch.int64)  # (N, K * bits / 8)
-    q = torch.stack((raw & 15, raw >> 4), dim=-1).flatten(1) if layer.bits == 4 else raw
-    group = torch.arange(layer.in_features) // layer.group_size
-    return layer.scales.double()[:, group] * q.double() + layer.biases.double()[:, group]
+    return dequantize_from_bytes(layer.w_packed, layer.scales, layer.biases, layer.group_size, layer.bits)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
