@@ -15,7 +15,8 @@ Falls back (documented limits):
 - a statically empty tensor, and a float attention mask of another dtype than q.
 
 Sizes the attention launch compares with a bound (Sq with decode_max_q; Skv with split_kv_above in
-decode) are decided at compile time (lowerings.decided_size).
+decode), and quantized_linear's row count (matvec_max_rows: matvec or matmul), are decided at
+compile time (lowerings.decided_size).
 """
 
 from __future__ import annotations
@@ -147,11 +148,12 @@ def lower_quantized_linear(x, w_packed, scales, biases, group_size, bits, bias=N
     size, n = x.get_size(), w_packed.get_size()[0]
     if runtime is None or _empty([*size[:-1], n]):
         return None
-    rows = _operand(x, (sympy.Mul(*size[:-1]), size[-1]))
+    subs = {}
+    rows = decide(sympy.Mul(*size[:-1]), config.quantized.matvec_max_rows, "rows", subs)
     weights = (_operand(t) for t in (w_packed, scales, biases))
-    launch = quantized_mod.quantized_linear_launch(rows, *weights, group_size, bits,
+    launch = quantized_mod.quantized_linear_launch(_operand(x, (rows, size[-1])), *weights, group_size, bits,
                                                    None if bias is None else _operand(bias), runtime)
-    return _kernel(torch.ops.mpsk.quantized_linear.default, x, [*size[:-1], n], launch, runtime)
+    return _kernel(torch.ops.mpsk.quantized_linear.default, x, [*size[:-1], n], launch, runtime, subs)
 
 
 def _register(op, build) -> None:

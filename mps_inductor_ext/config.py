@@ -103,15 +103,18 @@ class AttentionPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedPolicy:
-    """quantized_linear: each SIMD-group computes `outputs_per_simdgroup` outputs of up to 8 rows
-    of x, `simdgroups` SIMD-groups per threadgroup."""
+    """quantized_linear: up to `matvec_max_rows` rows of x take the matvec kernel, whose SIMD-groups
+    each compute `outputs_per_simdgroup` outputs of up to 8 rows, `simdgroups` SIMD-groups per
+    threadgroup; more rows take the simdgroup_matrix matmul (32 x 32 tiles)."""
 
     simdgroups: int = 2
     outputs_per_simdgroup: int = 4
+    matvec_max_rows: int = 8
 
     def __post_init__(self):
         _check_positive(self.simdgroups, "simdgroups")
         _check_positive(self.outputs_per_simdgroup, "outputs_per_simdgroup")
+        _check_positive(self.matvec_max_rows, "matvec_max_rows")
         if self.simdgroups > 32:
             raise ValueError(f"simdgroups must be at most 32 (1024 threads), got {self.simdgroups}")
         if self.outputs_per_simdgroup > 32:

@@ -14,13 +14,21 @@
 // fp32 accumulation; one simd_sum per (row, output) at the end. More rows than ROWS take more
 // blocks (the grid's second dimension), each reading W again.
 //
-// Specialized by the host (ops/quantized.py): BITS (4 or 8), GROUP_SIZE (32, 64 or 128),
-// ROWS (1 to 8), OUTS (outputs per SIMD-group), HAS_BIAS.
+// quantized_matmul: many rows (prefill). A threadgroup of four SIMD-groups computes a 32 x 32
+// tile of out: for each 32-wide slice of K (inside one group, since 32 divides GROUP_SIZE) its
+// 128 threads stage the x tile and the dequantized W tile in threadgroup memory as float, eight
+// values each (one word of 4-bit values, two of 8-bit), then each SIMD-group multiplies its
+// 16 x 16 quadrant as 2 x 2 simdgroup_matrix 8 x 8 products, accumulated in float. Each packed
+// word is read once per 32 rows of x. Tiles past M or N are zero-filled and not written.
 //
-// Buffers (in order): out (M, N) contiguous, x (M, K) read through its strides, w (N, K*BITS/32)
+// Specialized by the host (ops/quantized.py): BITS (4 or 8), GROUP_SIZE (32, 64 or 128),
+// ROWS (1 to 8) and OUTS (outputs per SIMD-group) for the matvec, HAS_BIAS.
+//
+// Both kernels take the same buffers (in order): out (M, N) contiguous, x (M, K) read through its strides, w (N, K*BITS/32)
 // uint, scales (N, K/GROUP_SIZE), biases (N, K/GROUP_SIZE), [bias (N)], then int64 m_rows,
 // n_out, k_in, x_row_stride, x_col_stride (in elements).
 #include <metal_stdlib>
+#include <metal_simdgroup_matrix>
 using namespace metal;
 
 #define VALUES_PER_WORD (32 / BITS)
@@ -117,3 +125,100 @@ template [[host_name("quantized_matvec_half")]] [[kernel]] decltype(quantized_ma
     quantized_matvec<half>;
 template [[host_name("quantized_matvec_bfloat")]] [[kernel]] decltype(quantized_matvec<bfloat>)
     quantized_matvec<bfloat>;
+
+#define TILE 32
+
+template <typename T>
+kernel void quantized_matmul(
+    device T* out, const device T* x, const device uint* w, const device T* scales,
+    const device T* biases, QMV_BIAS_PARAM
+    constant long& m_rows, constant long& n_out, constant long& k_in,
+    constant long& x_row_stride, constant long& x_col_stride,
+    uint2 group_pos [[threadgroup_position_in_grid]],
+    uint tid [[thread_index_in_threadgroup]],
+    uint simd_id [[simdgroup_index_in_threadgroup]]) {
+  threadgroup float xs[TILE * TILE];  // xs[m][k]
+  threadgroup float ws[TILE * TILE];  // ws[n][k], the dequantized weight
+  threadgroup float cs[TILE * TILE];  // the output tile, cs[m][n]
+  const long m_base = long(group_pos.y) * TILE;
+  const long n_base = long(group_pos.x) * TILE;
+  const long words_per_row = k_in / VALUES_PER_WORD;
+  const long groups_per_row = k_in / GROUP_SIZE;
+  const uint lr = tid / 4;            // the tile row this thread stages
+  const uint lc = (tid % 4) * STEP;   // its first column in the tile
+  const uint r0 = (simd_id / 2) * 16;  // this SIMD-group's quadrant
+  const uint c0 = (simd_id % 2) * 16;
+
+  simdgroup_matrix<float, 8, 8> acc[2][2];
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      acc[i][j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+  }
+
+  const long m = m_base + lr;
+  const long n = n_base + lr;
+  for (long k0 = 0; k0 < k_in; k0 += TILE) {
+    const long k = k0 + lc;
+    const device T* xr = x + (m < m_rows ? m : 0) * x_row_stride + k * x_col_stride;
+    for (int j = 0; j < STEP; ++j) {
+      xs[lr * TILE + lc + j] = m < m_rows ? float(xr[j * x_col_stride]) : 0.0f;
+    }
+    if (n < n_out) {
+      const device uint* wr = w + n * words_per_row + k / VALUES_PER_WORD;
+      const float s = float(scales[n * groups_per_row + k / GROUP_SIZE]);
+      const float b = float(biases[n * groups_per_row + k / GROUP_SIZE]);
+      for (int i = 0; i < WORDS_PER_STEP; ++i) {
+        const uint word = wr[i];
+        for (int j = 0; j < VALUES_PER_WORD; ++j) {
+          ws[lr * TILE + lc + i * VALUES_PER_WORD + j] = s * float((word >> (BITS * j)) & LEVEL_MASK) + b;
+        }
+      }
+    } else {
+      for (int j = 0; j < STEP; ++j) {
+        ws[lr * TILE + lc + j] = 0.0f;
+      }
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint kk = 0; kk < TILE; kk += 8) {
+      simdgroup_matrix<float, 8, 8> a[2], bt[2];
+      for (int i = 0; i < 2; ++i) {
+        simdgroup_load(a[i], xs, TILE, ulong2(kk, r0 + 8 * i));
+      }
+      for (int j = 0; j < 2; ++j) {  // B = W^T: rows n of ws, read transposed
+        simdgroup_load(bt[j], ws + (c0 + 8 * j) * TILE + kk, TILE, ulong2(0), true);
+      }
+      for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+          simdgroup_multiply_accumulate(acc[i][j], a[i], bt[j], acc[i][j]);
+        }
+      }
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      simdgroup_store(acc[i][j], cs, TILE, ulong2(c0 + 8 * j, r0 + 8 * i));
+    }
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  for (uint e = tid; e < TILE * TILE; e += 128) {
+    const long om = m_base + e / TILE;
+    const long on = n_base + e % TILE;
+    if (om < m_rows && on < n_out) {
+#if HAS_BIAS
+      out[om * n_out + on] = T(cs[e] + float(bias[on]));
+#else
+      out[om * n_out + on] = T(cs[e]);
+#endif
+    }
+  }
+}
+
+template [[host_name("quantized_matmul_float")]] [[kernel]] decltype(quantized_matmul<float>)
+    quantized_matmul<float>;
+template [[host_name("quantized_matmul_half")]] [[kernel]] decltype(quantized_matmul<half>)
+    quantized_matmul<half>;
+template [[host_name("quantized_matmul_bfloat")]] [[kernel]] decltype(quantized_matmul<bfloat>)
+    quantized_matmul<bfloat>;

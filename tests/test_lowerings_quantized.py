@@ -46,19 +46,21 @@ def test_wrappers_launch_the_kernel(cpp):
     torch.testing.assert_close(got, ref, rtol=TOL, atol=TOL)
 
 
-def test_dynamic_rows_reuse_one_compilation():
-    """A symbolic row count takes blocks of 8 rows: 2 rows (decode) and 11 share the code (Dynamo
-    specializes a size of 1)."""
+def test_dynamic_rows_are_decided_once_per_side():
+    """A symbolic row count is decided against matvec_max_rows at compile time and guarded: row
+    counts on the same side share one compilation (the matvec on blocks of 8 rows, or the matmul),
+    the other side compiles once more (Dynamo specializes a size of 1, so decode here is 2 rows)."""
     net = model()
     backend, compiled = counting_backend()
     fn = torch.compile(net, backend=backend)
     with mpsk.config.patch(emulate_metal=True), torch.no_grad(), kernel_calls() as calls:
-        for rows in (5, 2, 11):
+        for rows in (5, 2, 8, 11, 40):
             x = torch.randn(rows, 64)
             torch._dynamo.mark_dynamic(x, 0)
             torch.testing.assert_close(fn(x), net(x), rtol=TOL, atol=TOL)
-    assert len(compiled) == 1
-    assert calls["run_plan"] == 0 and calls["dispatch"] == {"quantized_matvec_float": 6}
+    assert len(compiled) == 2
+    assert calls["run_plan"] == 0
+    assert calls["dispatch"] == {"quantized_matvec_float": 6, "quantized_matmul_float": 4}
 
 
 F32, I32 = torch.float32, torch.int32
@@ -88,8 +90,8 @@ def test_mps_code_binds_the_plan_and_the_signature(launches, wrapper):
                                              policy=policy),
              quantized.quantized_linear_plan(F32, 2, 24, 128, (128, 1), group_size=32, bits=8, has_bias=False,
                                              policy=policy)]
-    got = launches[wrapper]
-    assert [launch.kernel for launch in got] == ["quantized_matvec_float"] * 2
+    got = launches[wrapper]  # 15 rows: the matmul; 2 rows: the matvec
+    assert sorted(launch.kernel for launch in got) == ["quantized_matmul_float", "quantized_matvec_float"]
     by_source = {plan.launches[0].source: plan.launches[0] for plan in plans}
     assert sorted(launch.source for launch in got) == sorted(by_source)  # BITS, GROUP_SIZE, ROWS, HAS_BIAS
     for launch in got:

@@ -50,14 +50,24 @@ def check(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
 
 
-def metal(*args, policy: QuantizedPolicy | None = None):
-    """The op on the emulated kernel (NaN-poisoned output), asserted to have launched it once
-    unless the result is empty."""
+def metal(*args, policy: QuantizedPolicy | None = None, kernel: str | None = None):
+    """The op on the emulated kernels (NaN-poisoned output), asserted to have launched one kernel,
+    `kernel` ("matvec" or "matmul") when given, unless the result is empty."""
     changes = {"emulate_metal": True} | ({"quantized": policy} if policy else {})
     with config.patch(**changes), poisoned_outputs(), launched_variants() as seen:
         out = op(*args)
-    assert [v.kernel for v in seen] == ([] if out.numel() == 0 else [f"quantized_matvec_{METAL_DTYPES[out.dtype]}"])
+    names = [v.kernel for v in seen]
+    if out.numel() == 0:
+        assert names == []
+    else:
+        kinds = [kernel] if kernel else ["matvec", "matmul"]
+        assert len(names) == 1 and names[0] in [f"quantized_{k}_{METAL_DTYPES[out.dtype]}" for k in kinds], names
     return out
+
+
+def kernel_for(rows: int) -> str:
+    """The kernel the default policy picks."""
+    return "matvec" if rows <= QuantizedPolicy().matvec_max_rows else "matmul"
 
 
 # ---------------------------------------------------------------- the op and its reference
@@ -137,25 +147,37 @@ def test_input_checks():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 64, 257])
 def test_kernel_rows(rows, dtype):
-    """Decode (one block of `rows` rows) and prefill (blocks of 8, the last one partial)."""
-    w_packed, scales, biases, bias = weights(96, 256, 64, 4, dtype, seed=rows, bias=rows % 2 == 1)
+    """Decode (the matvec on one block of `rows` rows) and prefill (the matmul's 32 x 32 tiles, the
+    last ones partial in rows and in N = 72)."""
+    w_packed, scales, biases, bias = weights(72, 256, 64, 4, dtype, seed=rows, bias=rows % 2 == 1)
     x = activations(rows, 256, dtype)
     with launched_variants() as seen:
-        got = metal(x, w_packed, scales, biases, 64, 4, bias)
+        got = metal(x, w_packed, scales, biases, 64, 4, bias, kernel=kernel_for(rows))
     check(got, expected(x, w_packed, scales, biases, 64, 4, bias))
-    assert [v.kernel for v in seen] == [f"quantized_matvec_{METAL_DTYPES[dtype]}"]
-    assert seen[0].defines["ROWS"] == str(min(rows, 8))
+    if rows <= 8:
+        assert seen[0].defines["ROWS"] == str(rows)
 
 
+@pytest.mark.parametrize("rows", [3, 20])
+def test_kernel_either_form_serves_any_rows(rows):
+    """The policy moves the boundary: 20 rows on the matvec (three blocks of 8), 3 on the matmul."""
+    policy = QuantizedPolicy(matvec_max_rows=32 if rows > 8 else 2)
+    w_packed, scales, biases, bias = weights(40, 128, 32, 4, seed=12, bias=True)
+    x = activations(rows, 128)
+    got = metal(x, w_packed, scales, biases, 32, 4, bias, policy=policy, kernel="matvec" if rows > 8 else "matmul")
+    check(got, expected(x, w_packed, scales, biases, 32, 4, bias))
+
+
+@pytest.mark.parametrize("rows", [3, 40])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_kernel_formats(group_size, bits, dtype):
-    """N = 75 is not a multiple of the 8 outputs a threadgroup computes: the last one is partial."""
+def test_kernel_formats(group_size, bits, dtype, rows):
+    """Both kernels; N = 75 is not a multiple of a threadgroup's outputs (8 or 32): the last is partial."""
     w_packed, scales, biases, bias = weights(75, 384, group_size, bits, dtype, seed=group_size + bits, bias=True)
-    x = activations(3, 384, dtype)
+    x = activations(rows, 384, dtype)
     with launched_variants() as seen:
-        got = metal(x, w_packed, scales, biases, group_size, bits, bias)
+        got = metal(x, w_packed, scales, biases, group_size, bits, bias, kernel=kernel_for(rows))
     check(got, expected(x, w_packed, scales, biases, group_size, bits, bias))
     assert (seen[0].defines["BITS"], seen[0].defines["GROUP_SIZE"]) == (str(bits), str(group_size))
 
@@ -164,11 +186,13 @@ def test_kernel_formats(group_size, bits, dtype):
     (1, 11008, 64, 128),   # a long row: 43 steps of 256 values per lane
     (3, 64, 11008, 32),    # many outputs, K shorter than one step of the SIMD-group
     (1, 4096, 4096, 64),
+    (40, 11008, 64, 128),  # the matmul over 344 slices of K
 ])
 def test_kernel_large_shapes(rows, k, n, group_size):
     w_packed, scales, biases, _ = weights(n, k, group_size, 4, seed=k)
     x = activations(rows, k)
-    check(metal(x, w_packed, scales, biases, group_size, 4), expected(x, w_packed, scales, biases, group_size, 4))
+    got = metal(x, w_packed, scales, biases, group_size, 4, kernel=kernel_for(rows))
+    check(got, expected(x, w_packed, scales, biases, group_size, 4))
 
 
 @pytest.mark.slow
@@ -181,30 +205,32 @@ def test_kernel_large_shapes(rows, k, n, group_size):
 def test_kernel_llama_sized_shapes(rows, k, n, dtype):
     w_packed, scales, biases, _ = weights(n, k, 64, 4, dtype, seed=n)
     x = activations(rows, k, dtype)
-    check(metal(x, w_packed, scales, biases, 64, 4), expected(x, w_packed, scales, biases, 64, 4))
+    got = metal(x, w_packed, scales, biases, 64, 4, kernel=kernel_for(rows))
+    check(got, expected(x, w_packed, scales, biases, 64, 4))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_strided_x(dtype):
-    """x read through its strides: a transpose (column stride != 1) at a storage offset, a row slice
-    with a row stride past K, and a 3-D permuted x (copied to rows)."""
+    """x read through its strides by both kernels: transposes (column stride != 1) at a storage
+    offset, row slices with a row stride past K, and a 3-D permuted x (copied to rows)."""
     w_packed, scales, biases, bias = weights(40, 128, 32, 4, dtype, seed=7, bias=True)
-    base = activations(2 * 128, 6, dtype, seed=8).reshape(2, 128, 6)
-    xs = [base[1, :, 1:5].T, activations(5, 300, dtype, seed=9)[:, 100:228], base.permute(0, 2, 1)]
-    assert xs[0].stride(1) != 1 and xs[0].storage_offset() and xs[1].stride(0) == 300
+    base = activations(2 * 128, 24, dtype, seed=8).reshape(2, 128, 24)
+    wide = activations(20, 300, dtype, seed=9)
+    xs = [base[1, :, 1:5].T, base[1, :, 1:21].T, wide[:5, 100:228], wide[:, 100:228], base.permute(0, 2, 1)]
+    assert xs[0].stride(1) != 1 and xs[0].storage_offset() and xs[2].stride(0) == 300
     for x in xs:
         got = metal(x, w_packed, scales, biases, 32, 4, bias)
         assert got.is_contiguous()
         check(got, expected(x.reshape(-1, 128), w_packed, scales, biases, 32, 4, bias).reshape(got.shape))
 
 
-@pytest.mark.parametrize("policy", [QuantizedPolicy(simdgroups=1, outputs_per_simdgroup=1),
-                                    QuantizedPolicy(simdgroups=4, outputs_per_simdgroup=8)])
+@pytest.mark.parametrize("policy", [QuantizedPolicy(simdgroups=1, outputs_per_simdgroup=1, matvec_max_rows=16),
+                                    QuantizedPolicy(simdgroups=4, outputs_per_simdgroup=8, matvec_max_rows=16)])
 def test_kernel_policies(policy):
     w_packed, scales, biases, bias = weights(70, 256, 64, 4, seed=10, bias=True)
     x = activations(9, 256)
     with launched_variants() as seen:
-        got = metal(x, w_packed, scales, biases, 64, 4, bias, policy=policy)
+        got = metal(x, w_packed, scales, biases, 64, 4, bias, policy=policy, kernel="matvec")
     check(got, expected(x, w_packed, scales, biases, 64, 4, bias))
     assert seen[0].defines["OUTS"] == str(policy.outputs_per_simdgroup)
 

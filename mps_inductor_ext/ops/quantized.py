@@ -22,6 +22,7 @@ from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div,
 from .operands import Operand, OpLaunch, run_launch
 
 MAX_ROWS = 8  # rows of x one matvec threadgroup serves
+MATMUL_TILE, MATMUL_THREADS = 32, 128  # the matmul's output tile (square) and its four SIMD-groups
 
 
 @functools.cache
@@ -31,17 +32,27 @@ def _template() -> str:
 
 def quantized_linear_plan(dtype: torch.dtype, rows: Size, n_out: Size, k_in: Size, x_strides: tuple[Size, Size],
                           *, group_size: int, bits: int, has_bias: bool, policy: QuantizedPolicy) -> LaunchPlan:
-    """The matvec kernel over blocks of up to MAX_ROWS rows: ROWS is the row count itself when it is
-    a known int below the block (decode's one row costs no registers for eight), else MAX_ROWS."""
-    block = rows if isinstance(rows, int) and 0 < rows < MAX_ROWS else MAX_ROWS
-    outs, simds = policy.outputs_per_simdgroup, policy.simdgroups
-    source = specialize(_template(), {"BITS": bits, "GROUP_SIZE": group_size, "ROWS": block, "OUTS": outs,
-                                      "HAS_BIAS": has_bias})
+    """Up to policy.matvec_max_rows rows: the matvec kernel over blocks of up to MAX_ROWS rows, ROWS
+    being the row count itself when it is a known int below the block (decode's one row costs no
+    registers for eight), else MAX_ROWS. More rows: the matmul kernel over 32 x 32 output tiles.
+
+    `rows` may be symbolic; a lowering passes a decided size (lowerings.decided_size) whose
+    comparison with matvec_max_rows is known."""
+    defines = {"BITS": bits, "GROUP_SIZE": group_size, "HAS_BIAS": has_bias}
     args = [TensorArg("out"), TensorArg("x"), TensorArg("w_packed"), TensorArg("scales"), TensorArg("biases")]
     args += [TensorArg("bias")] if has_bias else []
     args += [IntArg(v) for v in (rows, n_out, k_in, *x_strides)]
-    threads = (ceil_div(n_out, outs * simds) * 32 * simds, ceil_div(rows, block))
-    launch = KernelLaunch(source, f"quantized_matvec_{METAL_DTYPES[dtype]}", tuple(args), threads, (32 * simds, 1))
+    if rows <= policy.matvec_max_rows:
+        block = rows if isinstance(rows, int) and 0 < rows < MAX_ROWS else MAX_ROWS
+        outs, simds = policy.outputs_per_simdgroup, policy.simdgroups
+        source = specialize(_template(), {**defines, "ROWS": block, "OUTS": outs})
+        threads = (ceil_div(n_out, outs * simds) * 32 * simds, ceil_div(rows, block))
+        kernel, group = "quantized_matvec", (32 * simds, 1)
+    else:
+        source = specialize(_template(), {**defines, "ROWS": MAX_ROWS, "OUTS": 1})
+        threads = (ceil_div(n_out, MATMUL_TILE) * MATMUL_THREADS, ceil_div(rows, MATMUL_TILE))
+        kernel, group = "quantized_matmul", (MATMUL_THREADS, 1)
+    launch = KernelLaunch(source, f"{kernel}_{METAL_DTYPES[dtype]}", tuple(args), threads, group)
     return LaunchPlan((launch,))
 
 
