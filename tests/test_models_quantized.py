@@ -5,6 +5,12 @@ and an AOTInductor package run in a fresh process."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TOLERANCES
@@ -83,3 +89,17 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         for got, tokens in zip(outputs, (ids(n, seed=1) for n in RUN_SEQS), strict=True):
             torch.testing.assert_close(got, model(tokens), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.slow
+def test_readme_command_runs():
+    """The README's "4-bit weights" command, as written there, in a fresh process."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## 4-bit weights", 1)[1].split("\n## ", 1)[0]
+    (command,) = re.findall(r"```sh\n(.*?)```", section, re.S)
+    env_assign, script = re.fullmatch(r'(\w+=\S+) python -c "(.*)"\n', command, re.S).groups()
+    name, value = env_assign.split("=")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, name: value})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "'quantized_linear': 15" in proc.stdout and "'rms_norm': 5" in proc.stdout, proc.stdout
