@@ -97,6 +97,54 @@ def test_exported_aten_graph():
     assert torch.ops.aten.linear.default not in targets and torch.ops.aten.__rshift__.Tensor not in targets
 
 
+class MatmulForms(nn.Module):
+    """The product written as a matmul with the transposed weight, optionally plus a bias."""
+
+    def __init__(self, form: str, bias: bool, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        layer = mpsk.QuantizedLinear.from_linear(nn.Linear(64, 24, bias=bias, dtype=dtype), group_size=64)
+        self.layer = layer
+
+    def forward(self, x):
+        layer = self.layer
+        w = dequantize(layer.w_packed, layer.scales, layer.biases, 64, 4)
+        wt = {"T": lambda: w.T, "t": lambda: w.t(), "mT": lambda: w.mT, "transpose": lambda: w.transpose(0, 1),
+              "linear": None}[self.form]
+        out = F.linear(x, w) if wt is None else (torch.matmul(x, wt()) if self.form == "t" else x @ wt())
+        return out if layer.bias is None else out + layer.bias
+
+
+@pytest.mark.parametrize("form,bias", [(form, bias) for form in ("T", "t", "mT", "transpose") for bias in (False, True)]
+                         + [("linear", True)])
+def test_matmul_forms_and_a_bias_added_after(form, bias):
+    """x @ w.T (any spelling) is the same product; a 1-D bias added after folds into the op."""
+    model = MatmulForms(form, bias)
+    x = torch.randn(2, 5, 64)
+    mpsk.reset_counters()
+    torch._dynamo.reset()
+    with mpsk.config.patch(emulate_metal=True), torch.no_grad(), launched_variants() as seen:
+        got = torch.compile(model, backend="mpsk")(x)
+    assert mpsk.counters == {"quantized_linear": 1}
+    assert [(v.kernel, v.defines["HAS_BIAS"]) for v in seen] == [("quantized_matmul_float", str(int(bias)))]
+    with torch.no_grad():
+        close(got, model(x))
+
+
+def test_exported_matmul_with_bias():
+    model = MatmulForms("T", True)
+    x = torch.randn(3, 64)
+    gm = torch.export.export(model, (x,)).module()
+    with mpsk.config.patch(emulate_metal=True):
+        assert patterns.apply(gm.graph) == {"quantized_linear": 1}
+        gm.recompile()
+        with torch.no_grad():
+            close(gm(x), model(x))
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.add.Tensor not in targets and torch.ops.aten.matmul.default not in targets
+
+
 class Dequantizing(nn.Module):
     """A hand-written layer around quantization.dequantize, with knobs that make it a look-alike."""
 
