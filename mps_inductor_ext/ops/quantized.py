@@ -49,6 +49,7 @@ def quantized_linear_plan(dtype: torch.dtype, rows: Size, n_out: Size, k_in: Siz
         threads = (ceil_div(n_out, outs * simds) * 32 * simds, ceil_div(rows, block))
         kernel, group = "quantized_matvec", (32 * simds, 1)
     else:
+        # ROWS and OUTS only let the matvec in the same source compile; the matmul does not read them.
         source = specialize(_template(), {**defines, "ROWS": MAX_ROWS, "OUTS": 1})
         threads = (ceil_div(n_out, MATMUL_TILE) * MATMUL_THREADS, ceil_div(rows, MATMUL_TILE))
         kernel, group = "quantized_matmul", (MATMUL_THREADS, 1)
