@@ -1,5 +1,10 @@
 """Each mpsk op against the native PyTorch op, with a group-size sweep for the row kernels.
 
+quantized_linear (4-bit weights, groups of 64) is timed against the fp16 (or --dtype) matmul of
+the same weight, and on a Mac also against PyTorch's own MPS int4 kernel (`_weight_int4pack_mm`)
+where the installed torch has it; the bytes each call moves (weights, scales and biases,
+activations in and out) are printed beside the times, since decoding is bound by them.
+
 On a Mac (MPS) this times the Metal kernels the way the field does: warm-up runs
 excluded, torch.mps.synchronize() around the timed window, the median of many
 runs. The sweep's fastest threads-per-row is recorded in the tuning cache,
@@ -41,6 +46,8 @@ class Case:
     policy: str | None = None  # config field whose threads_per_row the sweep sets
     kernel: str | None = None  # tuning key
     cols: int = 0
+    mpsk_bytes: int = 0  # memory a call reads and writes, where the case says (quantized_linear)
+    native_bytes: int = 0
 
 
 def rope_native(x, cos, sin):
@@ -80,7 +87,58 @@ def cases(device: str, dtype: torch.dtype, big: bool) -> list[Case]:
              lambda q, k, v: torch.ops.mpsk.attention(q, k, v, None, None, False, -1),
              lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)),
     ]
+    return out + quantized_cases(device, dtype, big, rand)
+
+
+def quantized_cases(device: str, dtype: torch.dtype, big: bool, rand: Callable[..., torch.Tensor]) -> list[Case]:
+    """Decode (one row) and prefill (many) through a 4-bit layer, against the dense matmul of its
+    dequantized weight, and on MPS against torch's int4 kernel."""
+    from mps_inductor_ext.quantization import dequantize, quantize_weight
+
+    group, size = 64, torch.finfo(dtype).bits // 8
+    (k, n), prefill = ((4096, 11008), 512) if big else ((1024, 1024), 64)
+    packed, scales, biases = (t.to(device) for t in quantize_weight(rand(n, k).cpu(), group, 4))
+    dense = dequantize(packed, scales, biases, group, 4)
+    weight_bytes = packed.numel() * 4 + 2 * scales.numel() * size
+    out = []
+    for label, rows in (("decode", 1), ("prefill", prefill)):
+        act_bytes = rows * (k + n) * size
+        out.append(Case(f"quantized_linear {label}", f"{rows}x{k} @ {n}x{k} 4-bit g{group}",
+                        lambda rows=rows: (rand(rows, k),),
+                        lambda x: torch.ops.mpsk.quantized_linear(x, packed, scales, biases, group, 4),
+                        lambda x: F.linear(x, dense), mpsk_bytes=weight_bytes + act_bytes,
+                        native_bytes=dense.numel() * size + act_bytes))
+    int4 = torch_int4_mm(device, n, k, group, dtype)
+    if int4 is not None:
+        fn, int4_bytes = int4
+        out.append(Case("quantized_linear decode vs torch int4", f"1x{k} @ {n}x{k} 4-bit g{group}",
+                        lambda: (rand(1, k),),
+                        lambda x: torch.ops.mpsk.quantized_linear(x, packed, scales, biases, group, 4), fn,
+                        mpsk_bytes=weight_bytes + (k + n) * size, native_bytes=int4_bytes + (k + n) * size))
     return out
+
+
+def torch_int4_mm(device: str, n: int, k: int, group: int, dtype: torch.dtype):
+    """(x -> torch's MPS int4 matmul, its weight bytes) on random weights (timing only), or None
+    where the installed torch has no such kernel or this is not a Mac."""
+    if device != "mps" or not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+        return None
+    try:
+        raw = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
+        packed = torch.ops.aten._convert_weight_to_int4pack(raw, 2)
+        scales_zeros = torch.rand(k // group, n, 2, dtype=dtype, device=device)
+        torch.ops.aten._weight_int4pack_mm(torch.zeros(1, k, dtype=dtype, device=device), packed, group,
+                                           scales_zeros)
+    except (RuntimeError, TypeError) as e:
+        print(f"torch int4 matmul not usable here ({type(e).__name__}: {str(e).splitlines()[0]}), skipped")
+        return None
+    size = torch.finfo(dtype).bits // 8
+    return (lambda x: torch.ops.aten._weight_int4pack_mm(x, packed, group, scales_zeros),
+            packed.numel() * 4 + scales_zeros.numel() * size)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f}" if n else ""
 
 
 def timer(device: str, repeats: int, warmup: int) -> Callable[[Callable[[], object]], float]:
@@ -144,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 "op": case.op, "shape": case.shape, "dtype": args.dtype, "backend": backend,
                 "native_ms": native * 1e3, "mpsk_ms": mpsk * 1e3, "speedup": native / mpsk,
                 "best_threads_per_row": best_threads or "",
+                "native_mb": _mb(case.native_bytes), "mpsk_mb": _mb(case.mpsk_bytes),
             })
-    print(f"{'op':<20}{'shape':<30}{'native ms':>11}{'mpsk ms':>11}{'speedup':>9}{'best tpr':>10}")
+    print(f"{'op':<38}{'shape':<34}{'native ms':>11}{'mpsk ms':>11}{'speedup':>9}{'best tpr':>10}"
+          f"{'native MB':>11}{'mpsk MB':>9}")
     for r in rows:
-        print(f"{r['op']:<20}{r['shape']:<30}{r['native_ms']:>11.3f}{r['mpsk_ms']:>11.3f}"
-              f"{r['speedup']:>8.2f}x{r['best_threads_per_row']!s:>10}")
+        print(f"{r['op']:<38}{r['shape']:<34}{r['native_ms']:>11.3f}{r['mpsk_ms']:>11.3f}"
+              f"{r['speedup']:>8.2f}x{r['best_threads_per_row']!s:>10}{r['native_mb']!s:>11}{r['mpsk_mb']!s:>9}")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["op"])

@@ -15,7 +15,8 @@ Falls back (documented limits):
 - a statically empty tensor, and a float attention mask of another dtype than q.
 
 Sizes the attention launch compares with a bound (Sq with decode_max_q; Skv with split_kv_above in
-decode) are decided at compile time (lowerings.decided_size).
+decode), and quantized_linear's row count (matvec_max_rows: matvec or matmul), are decided at
+compile time (lowerings.decided_size).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..aoti import emulated_shim
 from ..families import FAMILIES
 from ..ops import attention as attention_mod
 from ..ops import norm as norm_mod
+from ..ops import quantized as quantized_mod
 from ..ops import rope as rope_mod
 from ..ops import softmax as softmax_mod
 from ..ops.common import metal_runtime
@@ -139,6 +141,19 @@ def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window
     mask = None if attn_mask is None else _operand(attn_mask)
     launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime)
     return _kernel(torch.ops.mpsk.attention.default, q, [B, Hq, Sq, Dv], launch, runtime, subs)
+
+
+def lower_quantized_linear(x, w_packed, scales, biases, group_size, bits, bias=None):
+    runtime = _runtime(x)
+    size, n = x.get_size(), w_packed.get_size()[0]
+    if runtime is None or _empty([*size[:-1], n]):
+        return None
+    subs = {}
+    rows = decide(sympy.Mul(*size[:-1]), config.quantized.matvec_max_rows, "rows", subs)
+    weights = (_operand(t) for t in (w_packed, scales, biases))
+    launch = quantized_mod.quantized_linear_launch(_operand(x, (rows, size[-1])), *weights, group_size, bits,
+                                                   None if bias is None else _operand(bias), runtime)
+    return _kernel(torch.ops.mpsk.quantized_linear.default, x, [*size[:-1], n], launch, runtime, subs)
 
 
 def _register(op, build) -> None:

@@ -18,6 +18,7 @@ from .emulated_mps import count_launches, emulate_mps_device
 from .integrations import PatchReport, patch, unpatch
 from .integrations.hf_register import register_lazily as _register_with_transformers
 from .passes import counters, reset_counters
+from .quantization import QuantizedLinear, quantize
 from .shaders import KernelError, compile_shader
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "KernelError",
     "MetalKernelsNotUsedWarning",
     "PatchReport",
+    "QuantizedLinear",
     "__version__",
     "aoti_compile_and_package",
     "aoti_load_package",
@@ -38,6 +40,7 @@ __all__ = [
     "explain",
     "ops",
     "patch",
+    "quantize",
     "reset_counters",
     "shaders",
     "unpatch",

@@ -101,6 +101,26 @@ class AttentionPolicy:
             raise ValueError(f"partition_size must be a multiple of 32, got {self.partition_size}")
 
 
+@dataclasses.dataclass(frozen=True)
+class QuantizedPolicy:
+    """quantized_linear: up to `matvec_max_rows` rows of x take the matvec kernel, whose SIMD-groups
+    each compute `outputs_per_simdgroup` outputs of up to 8 rows, `simdgroups` SIMD-groups per
+    threadgroup; more rows take the simdgroup_matrix matmul (32 x 32 tiles)."""
+
+    simdgroups: int = 2
+    outputs_per_simdgroup: int = 4
+    matvec_max_rows: int = 8
+
+    def __post_init__(self):
+        _check_positive(self.simdgroups, "simdgroups")
+        _check_positive(self.outputs_per_simdgroup, "outputs_per_simdgroup")
+        _check_positive(self.matvec_max_rows, "matvec_max_rows")
+        if self.simdgroups > 32:
+            raise ValueError(f"simdgroups must be at most 32 (1024 threads), got {self.simdgroups}")
+        if self.outputs_per_simdgroup > 32:
+            raise ValueError(f"outputs_per_simdgroup must be at most 32, got {self.outputs_per_simdgroup}")
+
+
 def _check_positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -137,8 +157,9 @@ norm: NormPolicy = NormPolicy()
 softmax: SoftmaxPolicy = SoftmaxPolicy()
 rope: RopePolicy = RopePolicy()
 attention: AttentionPolicy = AttentionPolicy()
+quantized: QuantizedPolicy = QuantizedPolicy()
 
-SETTINGS = ("emulate_metal", "patterns", "norm", "softmax", "rope", "attention")
+SETTINGS = ("emulate_metal", "patterns", "norm", "softmax", "rope", "attention", "quantized")
 _DEFAULTS: dict[str, Any] = {k: globals()[k] for k in SETTINGS}
 _TYPES: dict[str, type] = {k: type(v) for k, v in _DEFAULTS.items()}
 

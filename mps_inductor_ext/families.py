@@ -74,6 +74,7 @@ FAMILIES: tuple[OpFamily, ...] = (
     _family("rms_norm", "norm", kernels="norm", policy="norm"),
     _family("layer_norm", "norm", kernels="norm", policy="norm"),
     _family("softmax", "softmax", kernels="softmax", policy="softmax"),
+    _family("quantized_linear", "quantized", kernels="quantized", policy="quantized"),
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)

@@ -17,8 +17,8 @@ from mps_inductor_ext import config, emulated_mps
 from mps_inductor_ext.ops.tolerances import MODEL_TOLERANCE, TOLERANCES, op_tolerances, tolerance
 from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
-__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "emulated_metal",
-           "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance"]
+__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "dequantize_from_bytes",
+           "emulated_metal", "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance"]
 
 # A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
 # its MPS hooks before the emulated device (tests/mps_device) can register its own.
@@ -82,3 +82,13 @@ def emulated_metal() -> Iterator[None]:
     """The ops' Metal kernels on the CPU emulator for the test (import it and name it in usefixtures)."""
     with config.patch(emulate_metal=True):
         yield
+
+
+def dequantize_from_bytes(w_packed, scales, biases, group_size: int, bits: int):
+    """The (N, K) float64 weight of quantization.py's format, read from its documented layout rather
+    than through the package's code: int32 words as little-endian bytes, two 4-bit values per byte
+    (low nibble first) or one 8-bit value, and W = scale * q + bias per group of `group_size`."""
+    raw = w_packed.contiguous().view(torch.uint8).to(torch.int64)
+    q = torch.stack((raw & 15, raw >> 4), dim=-1).flatten(1) if bits == 4 else raw
+    group = torch.arange(q.shape[1]) // group_size
+    return scales.double()[:, group] * q.double() + biases.double()[:, group]

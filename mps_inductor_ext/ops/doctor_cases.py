@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, norm
+from . import attention, norm, quantized
 from .tolerances import op_tolerances
 
 
@@ -167,3 +167,35 @@ def rope_reference(x, cos, sin, interleaved=False):
         rotated = torch.cat((-x1[..., rot // 2:], x1[..., : rot // 2]), dim=-1)
     out = x1 * cos.float() + rotated * sin.float()
     return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
+
+
+# ---------------------------------------------------------------- quantized_linear
+
+QUANTIZED_SHAPES = [  # (rows, K, N, group_size, bits, bias)
+    (1, 64, 64, 32, 4, False),
+    (3, 384, 75, 64, 4, True),  # N not a multiple of a threadgroup's outputs
+    (8, 512, 96, 128, 4, False),
+    (13, 256, 40, 64, 8, True),  # two blocks of rows, the last partial
+    (1, 2048, 256, 128, 4, True),
+]
+
+
+def quantized_linear_cases() -> Iterable[Case]:
+    """Decode (1 to 8 rows) and a few more, every group size, 4 and 8 bits, with and without bias;
+    x scaled by 1/sqrt(K) so outputs are O(1) and the dtype's tolerance holds whatever K."""
+    from ..quantization import quantize_weight
+
+    for i, (dtype, (rows, k, n, group, bits, has_bias)) in enumerate(
+            (d, s) for d in NORM_DTYPES for s in QUANTIZED_SHAPES):
+        w = torch.randn(n, k, generator=_gen(800 + i)).to(dtype)
+        x = (torch.randn(rows, k, generator=_gen(900 + i)) / k**0.5).to(dtype)
+        bias = torch.randn(n, generator=_gen(1000 + i)).to(dtype) if has_bias else None
+        label = f"{_shape_label((rows, k, n), dtype)} g{group} {bits}-bit{' bias' if has_bias else ''}"
+        yield Case(label, (x, *quantize_weight(w, group, bits), group, bits, bias))
+
+
+def quantized_linear_reference(x, w_packed, scales, biases, group_size, bits, bias=None):
+    """x @ W^T (+ bias) in float64, W dequantized in float64, rounded once to x's dtype."""
+    out = quantized.quantized_linear_reference(x.double(), w_packed, scales.double(), biases.double(), group_size,
+                                               bits, None if bias is None else bias.double())
+    return out.to(x.dtype)

@@ -36,6 +36,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.arange: "arange", torch.zeros: "zeros", operator.and_: "and", torch.logical_and: "and",
     torch.bitwise_and: "and", operator.le: "le", torch.le: "le", operator.ge: "ge", torch.ge: "ge",
     operator.lt: "lt", torch.lt: "lt", operator.gt: "gt", torch.gt: "gt",
+    F.linear: "linear", operator.rshift: "rshift", torch.bitwise_right_shift: "rshift",
 }
 _aten = torch.ops.aten
 # aten overload packets (any overload) of torch.export's training IR -> operation.
@@ -50,7 +51,8 @@ _ATEN: dict[Any, str] = {
     _aten.arange: "arange", _aten.zeros: "zeros", _aten.logical_and: "and", _aten.bitwise_and: "and",
     _aten.__and__: "and", _aten.le: "le", _aten.ge: "ge", _aten.lt: "lt", _aten.gt: "gt",
     _aten.new_ones: "new_ones", _aten.to: "to", _aten._to_copy: "to", _aten.type_as: "to",
-    _aten.contiguous: "contiguous", _aten.slice: "slice",
+    _aten.contiguous: "contiguous", _aten.slice: "slice", _aten.linear: "linear", _aten.__rshift__: "rshift",
+    _aten.bitwise_right_shift: "rshift",
 }
 # Nodes that only check metadata; torch.export leaves one after each dtype cast.
 METADATA_CHECKS = (_aten._assert_tensor_metadata.default,)
@@ -64,6 +66,7 @@ _METHODS: dict[str, str] = {
     "chunk": "chunk",
     "__and__": "and", "logical_and": "and", "bitwise_and": "and", "le": "le", "__le__": "le", "ge": "ge",
     "__ge__": "ge", "lt": "lt", "__lt__": "lt", "gt": "gt", "__gt__": "gt", "new_ones": "new_ones",
+    "__rshift__": "rshift", "bitwise_right_shift": "rshift",
 }
 
 

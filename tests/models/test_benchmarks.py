@@ -36,8 +36,11 @@ def test_ops_vs_native_writes_csv(tmp_path):
     assert "not GPU times" in out
     rows = list(csv.DictReader(target.open()))
     assert {r["op"] for r in rows} == {
-        "rms_norm", "layer_norm", "softmax", "rope", "attention prefill", "attention decode"
+        "rms_norm", "layer_norm", "softmax", "rope", "attention prefill", "attention decode",
+        "quantized_linear decode", "quantized_linear prefill",
     }
+    quantized = [r for r in rows if r["op"].startswith("quantized_linear")]
+    assert all(0 < float(r["mpsk_mb"]) < float(r["native_mb"]) for r in quantized)  # 4-bit moves fewer bytes
     assert all(float(r["mpsk_ms"]) > 0 and float(r["native_ms"]) > 0 for r in rows)
     assert not (tmp_path / "cache" / "tuning.json").exists()  # emulator sweeps are not recorded
 
