@@ -116,10 +116,7 @@ kernel void quantized_matvec(device T* out, const device T* x, const device uint
   }
 }
 
-template [[host_name("quantized_matvec_float")]] [[kernel]] decltype(quantized_matvec<float>) quantized_matvec<float>;
-template [[host_name("quantized_matvec_half")]] [[kernel]] decltype(quantized_matvec<half>) quantized_matvec<half>;
-template
-    [[host_name("quantized_matvec_bfloat")]] [[kernel]] decltype(quantized_matvec<bfloat>) quantized_matvec<bfloat>;
+INSTANTIATE_KERNEL(quantized_matvec)
 
 #define TILE 32
 
@@ -208,7 +205,4 @@ kernel void quantized_matmul(device T* out, const device T* x, const device uint
   }
 }
 
-template [[host_name("quantized_matmul_float")]] [[kernel]] decltype(quantized_matmul<float>) quantized_matmul<float>;
-template [[host_name("quantized_matmul_half")]] [[kernel]] decltype(quantized_matmul<half>) quantized_matmul<half>;
-template
-    [[host_name("quantized_matmul_bfloat")]] [[kernel]] decltype(quantized_matmul<bfloat>) quantized_matmul<bfloat>;
+INSTANTIATE_KERNEL(quantized_matmul)

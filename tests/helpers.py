@@ -17,8 +17,10 @@ from mps_inductor_ext import config, emulated_mps
 from mps_inductor_ext.ops.tolerances import MODEL_TOLERANCE, TOLERANCES, op_tolerances, tolerance
 from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
-__all__ = ["HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "dequantize_from_bytes",
-           "emulated_metal", "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance"]
+__all__ = [
+    "HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "dequantize_from_bytes",
+    "emulated_metal", "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance",
+]
 
 # A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
 # its MPS hooks before the emulated device (tests/mps_device) can register its own.

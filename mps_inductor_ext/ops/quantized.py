@@ -38,7 +38,7 @@ def quantized_linear_plan(dtype: torch.dtype, rows: Size, n_out: Size, k_in: Siz
 
     `rows` may be symbolic; a lowering passes a decided size (lowerings.decided_size) whose
     comparison with matvec_max_rows is known."""
-    defines = {"BITS": bits, "GROUP_SIZE": group_size, "HAS_BIAS": has_bias}
+    defines = {"DTYPE": METAL_DTYPES[dtype], "BITS": bits, "GROUP_SIZE": group_size, "HAS_BIAS": has_bias}
     args = [TensorArg("out"), TensorArg("x"), TensorArg("w_packed"), TensorArg("scales"), TensorArg("biases")]
     args += [TensorArg("bias")] if has_bias else []
     args += [IntArg(v) for v in (rows, n_out, k_in, *x_strides)]

@@ -3,10 +3,11 @@ specialized library holds only the dtype its plan launches (Apple compiles one k
 
 import pytest
 
-from mps_inductor_ext.config import AttentionPolicy, NormPolicy, RopePolicy, SoftmaxPolicy
+from mps_inductor_ext.config import AttentionPolicy, NormPolicy, QuantizedPolicy, RopePolicy, SoftmaxPolicy
 from mps_inductor_ext.ops.attention import MASK_NONE, attention_plan
 from mps_inductor_ext.ops.common import METAL_DTYPES
 from mps_inductor_ext.ops.norm import norm_plan
+from mps_inductor_ext.ops.quantized import quantized_linear_plan
 from mps_inductor_ext.ops.rope import rope_plan
 from mps_inductor_ext.ops.softmax import softmax_plan
 from mps_inductor_ext.shaders import SOURCE_DIR, ShaderLibrary, load_source
@@ -23,6 +24,9 @@ def plans(dtype):
     yield attention_plan(dtype, (1, 2, 2, 1, 100, 16, 16), strides, mask_kind=MASK_NONE, mask_strides=None,
                          scale=0.25, is_causal=False, window=-1,
                          policy=AttentionPolicy(split_kv_above=64, partition_size=32))
+    for rows in (1, 64):  # the matvec, then the matmul
+        yield quantized_linear_plan(dtype, rows, 64, 64, (64, 1), group_size=32, bits=4, has_bias=False,
+                                    policy=QuantizedPolicy())
 
 
 @pytest.mark.parametrize("dtype", list(METAL_DTYPES), ids=list(METAL_DTYPES.values()))
