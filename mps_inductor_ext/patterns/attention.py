@@ -302,10 +302,7 @@ def _sdpa(node: Node) -> Rewrite | NearMiss | None:
 
 def _finite_scalar(value: object) -> bool:
     """A number the kernel can be specialized on (fx.is_scalar) whose present value is finite."""
-    if not fx.is_scalar(value):
-        return False
-    v = val(value) if isinstance(value, Node) else value
-    return math.isfinite(v.node.hint if isinstance(v, (torch.SymFloat, torch.SymInt)) else v)
+    return fx.is_scalar(value) and math.isfinite(fx.scalar_hint(value))
 
 
 def _single_use(nodes: list[Node]) -> str | None:

@@ -140,6 +140,13 @@ def scalar(value: object) -> float:
     return float(v)
 
 
+def scalar_hint(value: object) -> float:
+    """The present value of an `is_scalar` number without guarding it: for checks that may still
+    decline the match (a declined match must add no guard)."""
+    v = val(value) if isinstance(value, Node) else value
+    return float(v.node.hint) if isinstance(v, (torch.SymFloat, torch.SymInt)) else float(v)
+
+
 def scalar_nodes(value: object) -> list[Node]:
     """The graph node a symbolic scalar comes from (its `.item()`), to die with the match."""
     return [value] if isinstance(value, Node) else []
