@@ -204,7 +204,9 @@ class EmulatedKernel:
         tg_sizes = self._threadgroup_sizes(threadgroup_memory)
         bindings = binding.bind(self.name, self.buffers, args, casts)
         uninit = self._uninitialized(uninitialized, bindings)
-        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes, uninit)
+        noted, notes = sanitizer.take_uninitialized(bindings)
+        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes, uninit | noted)
+        sanitizer.drop(notes)  # written by this launch, as far as later ones know
 
     def _uninitialized(self, indices, bindings: dict[int, object]) -> set[int]:
         if indices is None:

@@ -259,6 +259,9 @@ inline void access(unsigned long a, unsigned long n, bool write) {
   const unsigned long sp = (unsigned long)__builtin_frame_address(0);
   if (a - sp < kFiberStack) return;  // the calling thread's own stack
   if (a - (unsigned long)arena() < kArenaBytes) return threadgroup_access(a, n, write);
+  if (L->fibers)  // a combine (run by the scheduler) reads and writes the lanes' stacks
+    for (int i = 0; i < L->n; ++i)
+      if (a - (unsigned long)fiber_stack(i) < kFiberStack) return;
   const unsigned long pool = (unsigned long)thread_pool();
   if (a - pool < sizeof(Thread) * kMaxThreadsPerGroup) return;
   if (!s.module_known) {
