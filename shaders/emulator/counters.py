@@ -55,8 +55,6 @@ class LaunchCounts:
     atomic_bytes: int
 
 
-NUM_COUNTERS = 14  # san::kNumCounters
-
 
 def from_raw(kernel: str, threads, group_size, raw) -> LaunchCounts:
     """LaunchCounts from san::Counter slots: (loads, load bytes, stores, store bytes) per space, then atomics."""

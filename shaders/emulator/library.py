@@ -360,8 +360,8 @@ class EmulatedKernel:
 
         run(0)
         if recording:
-            raw = (ctypes.c_ulong * counters.NUM_COUNTERS)()
-            dll.mpsk_san_counts(raw, counters.NUM_COUNTERS)
+            raw = (ctypes.c_ulong * sanitizer.NUM_COUNTERS)()
+            dll.mpsk_san_counts(raw, sanitizer.NUM_COUNTERS)
             counters.add(counters.from_raw(self.name, grid, group, raw))
         first = {key: s.buf.clone() for key, s in staged.items()}
         for s in staged.values():

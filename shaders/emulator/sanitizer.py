@@ -88,7 +88,20 @@ class RangeStruct(ctypes.Structure):
     ]
 
 
+NUM_COUNTERS = 14  # san::kNumCounters
+
+
 def declare(dll: ctypes.CDLL) -> None:
+    """Declares the instrumented library's sanitizer functions, after checking it agrees with this
+    module on the range table's layout."""
+    dll.mpsk_san_abi.restype = None
+    dll.mpsk_san_abi.argtypes = [ctypes.c_void_p]
+    got = (ctypes.c_long * 3)()
+    dll.mpsk_san_abi(got)
+    want = (ctypes.sizeof(RangeStruct), MAX_RANGES, NUM_COUNTERS)
+    if tuple(got) != want:
+        raise RuntimeError(f"the instrumented runtime and host disagree on the sanitizer's ABI "
+                           f"(range bytes, ranges, counters): runtime {tuple(got)}, host {want}")
     dll.mpsk_san_configure.restype = ctypes.c_int
     dll.mpsk_san_configure.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     dll.mpsk_san_counts.restype = ctypes.c_int

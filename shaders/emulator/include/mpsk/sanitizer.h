@@ -379,6 +379,13 @@ MPSK_EXPORT int mpsk_san_configure(const mpsk_rt::san::Range* ranges, int n, int
   return 1;
 }
 
+// The numbers sanitizer.py must agree on: bytes of a Range, ranges per launch, counters.
+MPSK_EXPORT void mpsk_san_abi(long* out) {
+  out[0] = sizeof(mpsk_rt::san::Range);
+  out[1] = mpsk_rt::san::kMaxRanges;
+  out[2] = mpsk_rt::san::kNumCounters;
+}
+
 MPSK_EXPORT int mpsk_san_counts(unsigned long* out, int max) {
   int i = 0;
   for (; i < mpsk_rt::san::kNumCounters && i < max; ++i) out[i] = mpsk_rt::san::S.counts[i];
