@@ -15,8 +15,8 @@ list; "all" for every one) or while counters are recorded (counters.py):
 - racecheck: a device byte read or written by one thread after another thread wrote it with no
   barrier between (same threadgroup), or wrote it in another threadgroup; atomics never count.
 
-The fast build is the default: the instrumented one costs several times its time
-(benchmarks/emulator_throughput.py measures both).
+The fast build is the default: the instrumented one is a second compile of each source and runs
+1.4-8x slower (benchmarks/emulator_throughput.py measures every mode in one run).
 """
 
 from __future__ import annotations

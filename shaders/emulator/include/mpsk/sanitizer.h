@@ -259,9 +259,6 @@ inline void access(unsigned long a, unsigned long n, bool write) {
   const unsigned long sp = (unsigned long)__builtin_frame_address(0);
   if (a - sp < kFiberStack) return;  // the calling thread's own stack
   if (a - (unsigned long)arena() < kArenaBytes) return threadgroup_access(a, n, write);
-  if (L->fibers)  // a combine (run by the scheduler) reads and writes the lanes' stacks
-    for (int i = 0; i < L->n; ++i)
-      if (a - (unsigned long)fiber_stack(i) < kFiberStack) return;
   const unsigned long pool = (unsigned long)thread_pool();
   if (a - pool < sizeof(Thread) * kMaxThreadsPerGroup) return;
   if (!s.module_known) {
@@ -270,6 +267,9 @@ inline void access(unsigned long a, unsigned long n, bool write) {
   }
   if (a - s.image_lo < s.image_hi - s.image_lo) return;  // this library's constants and statics
   if (a - s.tls_lo < s.tls_hi - s.tls_lo) return;        // its thread-local block
+  if (L->fibers)  // a combine (run by the scheduler) reads and writes the lanes' stacks
+    for (int i = 0; i < L->n; ++i)
+      if (a - (unsigned long)fiber_stack(i) < kFiberStack) return;
   out_of_bounds(a, n, write);
 }
 
