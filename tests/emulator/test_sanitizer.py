@@ -284,3 +284,27 @@ def test_atomic_add_is_not_a_race(counted, checks):
     c = torch.zeros(1, dtype=torch.int32)
     counted.count(c, threads=64, group_size=16)
     assert int(c) == 64
+
+
+def test_source_overloaded_on_address_space_says_why(emulate, checks):
+    """The instrumented build makes every address space generic: overloads on one collide there,
+    and the error says so instead of a bare compiler message mid-launch."""
+    lib = emulate(
+        H
+        + """
+float first(device const float* p) { return p[0]; }
+float first(threadgroup const float* p) { return p[1]; }
+kernel void pick(device float* o [[buffer(0)]], device const float* x [[buffer(1)]],
+                 uint i [[thread_position_in_grid]]) {
+  threadgroup float t[2];
+  t[0] = 0.0f;
+  t[1] = 0.0f;
+  o[i] = first(x) + first(t);
+}
+"""
+    )
+    x, o = torch.ones(2), torch.empty(2)
+    lib.pick(o, x, threads=1, group_size=1)  # the fast build runs it
+    checks("memcheck")
+    with pytest.raises(RuntimeError, match="overloaded on an address space collide"):
+        lib.pick(o, x, threads=1, group_size=1)
