@@ -18,9 +18,18 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+// The runtime is never instrumented (sanitizer.h): only the kernel's own accesses are checked.
+#pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
+
 #include "fiber.h"
 
 namespace mpsk_rt {
+
+// Hooks of the instrumented build (sanitizer.h); empty in the fast one.
+inline void san_launch_begin();
+inline void san_group_begin();
+inline void san_epoch();
+inline void san_atomic(const void* p, unsigned long n);
 
 constexpr int kSimdWidth = 32;
 constexpr int kMaxThreadsPerGroup = 1024;
@@ -116,6 +125,7 @@ struct Launch {
   bool strict;  // every lane must reach each SIMD-group function and barrier
   bool failed;
   bool needs_fibers;
+  bool on_fiber;  // a fiber runs (not the scheduler, which runs SIMD-group combines)
   char* err;
   int errlen;
   jmp_buf escape;
@@ -151,7 +161,7 @@ inline void fail(const char* fmt, ...) {
 
 // Stops the calling thread after an error; the launch ends with that error.
 [[noreturn]] inline void abort_thread() {
-  if (L->fibers) {
+  if (L->fibers && L->on_fiber) {
     fiber_switch(T->fiber, L->sched);  // never resumed
   }
   longjmp(L->escape, 1);
@@ -276,6 +286,8 @@ using in_space = metal::conditional_t<((__is_class(__remove_cv(X)) || __is_union
 
 // Clang cannot copy a class object in device, constant or threadgroup memory; the pre-pass
 // routes whole-object copies of plain-data classes through these, as Metal copies them.
+// They are the kernel's own accesses, so the instrumented build checks them.
+#pragma clang attribute pop
 template <class A>
 inline typename metal::remove_cvas<A>::type load(const A& a) {
   typename metal::remove_cvas<A>::type r;
@@ -288,6 +300,7 @@ inline void store(A& dst, const B& src) {
                 "store of one class into another");
   __builtin_memcpy((void*)(unsigned long)&dst, (const void*)(unsigned long)&src, sizeof src);
 }
+#pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
 
 // ---- function constants the host did not set -------------------------------------
 
@@ -619,8 +632,13 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
   Thread* threads = thread_pool();
   L->ntg = 0;
   L->tg_used = 0;
+  san_group_begin();
+  // Where an error stops the group: the thread that found it, or a combine in the scheduler.
+  if (setjmp(L->escape)) {
+    L->on_fiber = false;
+    return false;
+  }
   if (!L->fibers) {
-    if (setjmp(L->escape)) return false;
     for (int k = 0; k < n; ++k) {
       const int i = forward_first ? k : n - 1 - k;
       init_thread(threads[0], i, actual);
@@ -642,7 +660,9 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
       Thread& t = threads[forward ? k : n - 1 - k];
       if (t.st != St::Ready) continue;
       T = &t;
+      L->on_fiber = true;
       fiber_switch(L->sched, t.fiber);
+      L->on_fiber = false;
       if (L->failed) return false;
     }
     forward = !forward;
@@ -650,6 +670,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
     for (int i = 0; i < n; ++i) done += threads[i].st == St::Done;
     if (done == n) break;
     if (!resolve(threads)) return false;
+    san_epoch();
   }
   return check_tg_red_zones();
 }
@@ -730,6 +751,7 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   L = &launch;
   num_atomic_ranges = 0;
   undefined_note[0] = 0;
+  san_launch_begin();
   int status = kOk;
   const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
   sigjmp_buf env;
@@ -939,6 +961,8 @@ inline constexpr AbiValue kAbi[] = {
 };
 
 }  // namespace mpsk_rt
+
+#pragma clang attribute pop
 
 extern "C" {
 [[noreturn]] inline __attribute__((used)) void __ubsan_handle_type_mismatch_v1(mpsk_rt::UbsanMismatch* d,
