@@ -13,9 +13,9 @@ from mps_inductor_ext.tune import tune
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MPSK_CACHE_DIR", str(tmp_path / "emulator"))
-    tuning._memo.clear()
+def isolated_tuning(tmp_path, monkeypatch):
+    """A tuning file of the test's own; the compiled-kernel cache stays shared (warm)."""
+    monkeypatch.setattr(tuning, "path", lambda: tmp_path / "tuning.json")
     yield
     tuning.clear()
 
@@ -120,3 +120,13 @@ def test_corrupt_choice_entries_are_ignored():
     tuning._memo.clear()
     assert tuning.table() == {"softmax/float32/128": 64}
     assert not tuning.prefers_native("softmax", (torch.randn(2, 100), -1, False))
+
+
+def test_cli_off_a_mac_says_emulator_and_records_nothing(capsys):
+    from mps_inductor_ext.__main__ import main
+
+    assert main(["tune", "--op", "softmax", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "not GPU times" in out and "not recorded" in out
+    assert "softmax" in out and tuning.table() == {}
+    assert not tuning.path().exists()
