@@ -101,7 +101,7 @@ def _llama3_8b() -> list[ProfileCase]:
 
 
 def _tiny() -> list[ProfileCase]:
-    return [_norm("rms_norm", 4, 256), _norm("layer_norm", 4, 256), _softmax(4, 256), _rope(4, 8, 64),
+    return [_norm("rms_norm", 4, 4096), _norm("layer_norm", 4, 256), _softmax(4, 256), _rope(4, 8, 64),
             _attention(1, 64, 4, 2, 64, False, scale_groups=False),
             _attention(16, 16, 4, 2, 64, True, scale_groups=False)]
 

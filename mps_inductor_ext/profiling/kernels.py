@@ -81,9 +81,8 @@ class OpProfile:
         if not reason:
             raise ValueError("an extrapolation must say why the access pattern is linear in the scaled size")
         launches = tuple(dataclasses.replace(
-            launch, counts=None if launch.counts is None else launch.counts.scaled(factor),
-            threads=tuple(round(t * factor) if i == 0 else t for i, t in enumerate(launch.threads)))
-            for launch in self.launches)
+            launch, counts=None if launch.counts is None else launch.counts.scaled(factor))
+            for launch in self.launches)  # their grids stay those of the shape counted
         return dataclasses.replace(self, label=label, launches=launches, ideal=full,
                                    extrapolated_from=self.label, note=reason)
 

@@ -17,6 +17,10 @@ def rand(*shape, dtype=torch.float16, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
+needs_counters = pytest.mark.skipif(not profiling.counters.available(),
+                                    reason="the emulator in use has no memory counters")
+
+
 def test_rms_norm_ideal_reads_x_and_w_writes_y():
     p = profiling.profile("rms_norm", rand(4, 4096), rand(4096), 1e-6)
     assert (p.ideal.bytes_read, p.ideal.bytes_written) == (4 * 4096 * 2 + 4096 * 2, 4 * 4096 * 2)
@@ -24,6 +28,42 @@ def test_rms_norm_ideal_reads_x_and_w_writes_y():
     assert launch.kernel == "rms_norm_half"
     assert launch.groups == 4  # one threadgroup per row
     assert launch.threads_per_group % 32 == 0
+
+
+@needs_counters
+def test_rms_norm_counted_bytes():
+    """x read once and y written once; w read once per row (each row's threadgroup reads all of it:
+    on a GPU those repeats hit the cache, but they are device loads), so 4/3 of the ideal here."""
+    p = profiling.profile("rms_norm", rand(4, 4096), rand(4096), 1e-6)
+    c = p.counts
+    assert c.device_loaded == 4 * 4096 * 2 + 4 * 4096 * 2
+    assert c.device_stored == 4 * 4096 * 2
+    assert p.traffic_ratio == pytest.approx(4 / 3)
+    assert 0 < c.threadgroup_bytes < c.device_bytes  # the row reduction's partial sums
+
+
+@needs_counters
+def test_softmax_counted_bytes_are_the_ideal():
+    """Copy-like: each element read once and written once (fp16, rows of 256)."""
+    p = profiling.profile("softmax", rand(4, 256), -1, False)
+    assert (p.counts.device_loaded, p.counts.device_stored) == (2048, 2048)
+    assert p.traffic_ratio == 1.0
+
+
+@needs_counters
+def test_rope_and_gqa_decode_counted_within_their_bounds():
+    """Between the ideal and the most the kernels may read: x once plus the tables once per head
+    (RoPE), q once plus the group's K/V once per query head (decode attention, GQA 4:1)."""
+    heads, seq, dim = 4, 8, 64
+    rope = profiling.profile("rope", rand(1, heads, seq, dim), rand(seq, dim, seed=1), rand(seq, dim, seed=2), False)
+    x_bytes, table_bytes = heads * seq * dim * 2, 2 * seq * dim * 2
+    assert rope.counts.device_stored == x_bytes
+    assert rope.ideal.bytes_read <= rope.counts.device_loaded <= x_bytes + heads * table_bytes
+    q, k, v = rand(1, 4, 1, 64), rand(1, 2, 64, 64, seed=1), rand(1, 2, 64, 64, seed=2)
+    attn = profiling.profile("attention", q, k, v, None, None, False, -1)
+    kv_bytes_per_head = 2 * 64 * 64 * 2
+    assert attn.counts.device_stored == 4 * 64 * 2
+    assert attn.ideal.bytes_read <= attn.counts.device_loaded <= 4 * 64 * 2 + 4 * kv_bytes_per_head
 
 
 def test_softmax_ideal_fp32():
@@ -74,12 +114,15 @@ def test_every_chip_has_sources():
 
 
 def test_extrapolation_needs_a_reason():
-    p = profiling.profile("softmax", rand(2, 64), -1, False)
+    p = profiling.profile("softmax", rand(4, 256), -1, False)
     full = profiling.Ideal(p.ideal.bytes_read * 8, p.ideal.bytes_written * 8, None)
     with pytest.raises(ValueError, match="linear"):
-        p.extrapolated(8, full, "16x64", "")
-    big = p.extrapolated(8, full, "16x64", "rows are independent")
-    assert big.extrapolated_from == p.label and big.label == "16x64" and big.ideal == full
+        p.extrapolated(8, full, "32x256", "")
+    big = p.extrapolated(8, full, "32x256", "rows are independent")
+    assert big.extrapolated_from == p.label and big.label == "32x256" and big.ideal == full
+    if p.counts is not None:
+        assert big.counts.device_bytes == 8 * p.counts.device_bytes
+        assert big.traffic_ratio == p.traffic_ratio
 
 
 def test_bad_input():
@@ -129,5 +172,5 @@ def test_llama3_benchmark_smoke(tmp_path, capsys):
     assert "MODELED" in out.with_suffix(".txt").read_text()
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["op"] for r in rows] == ["rms_norm"]
-    assert rows[0]["ideal_bytes_read"] == (4 * 256 + 256) * 2
+    assert rows[0]["ideal_bytes_read"] == (4 * 4096 + 4096) * 2
     assert set(rows[0]["modeled_us"]) == set(chips.NAMES)
