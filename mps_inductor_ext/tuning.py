@@ -171,6 +171,9 @@ def prefers_native(op: str, args: Sequence[object]) -> bool:
     on this machine. False where nothing was measured: the kernel is the default."""
     if getattr(_kernels_only, "on", False):
         return False
+    with _lock:
+        if not any(v == "native" for v in _load().values()):  # the usual case: nothing to look up
+            return False
     key = choice_key(op, args)
     if key is None:
         return False

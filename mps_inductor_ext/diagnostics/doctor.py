@@ -4,8 +4,9 @@ For a nightly job: exits non-zero when any case fails, when an op has no check, 
 raises. Each op family brings its cases (families.FAMILIES, ops/doctor_cases.py); an op defined
 elsewhere under torch.ops.mpsk registers its own with `register_check`, and one with none fails.
 Recorded tuning choices are ignored (tuning.kernels_only): the doctor checks the kernels, even
-for shapes where `tune` found the native op faster. ``inject_fault`` perturbs one op's output inside the doctor before the comparison, a self-test
-showing the doctor can fail; it never touches the op itself.
+for shapes where `tune` found the native op faster. ``inject_fault`` perturbs one op's output
+inside the doctor before the comparison, a self-test showing the doctor can fail; it never
+touches the op itself.
 """
 
 from __future__ import annotations
