@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases(args.preset, dtype, args.ops):
         start = time.perf_counter()
         p = run_case(case, dtype, args.max_seconds)
-        print(f"counted {p.op} {p.label} ({time.perf_counter() - start:.0f} s of emulator work)", flush=True)
+        ratio = "not counted" if p.traffic_ratio is None else f"{p.traffic_ratio:.2f}x the ideal device bytes"
+        print(f"counted {p.op} {p.label}: {ratio} ({time.perf_counter() - start:.0f} s of emulator work"
+              f"{', extrapolated' if p.extrapolated_from else ''})", flush=True)
         profiles.append(p)
     text = format_profiles(profiles, CHIPS) + "\n" + format_chips()
     print(text, end="")
