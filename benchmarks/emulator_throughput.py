@@ -5,12 +5,19 @@ barrier, so every thread is a fiber) and, for contrast, a synchronization-free
 elementwise kernel. These are emulator times, not GPU times: they say how long
 tests take here, nothing about a Mac.
 
+Each kernel runs in every mode of the emulator, in one run, so the cost of the checks is read
+off side by side: the fast build (the default), and the instrumented build with
+MPSK_EMULATOR_CHECKS=memcheck, =memcheck,initcheck, =all (adds racecheck), and with counters
+recorded (shaders.emulator.counters).
+
     python benchmarks/emulator_throughput.py [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +27,30 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_seconds  # noqa: E402
 
 from mps_inductor_ext.shaders import compile_shader, load_example  # noqa: E402
+from mps_inductor_ext.shaders.emulator import counters, sanitizer  # noqa: E402
+
+# (label, $MPSK_EMULATOR_CHECKS, record counters)
+MODES = (
+    ("fast", "", False),
+    ("memcheck", "memcheck", False),
+    ("memcheck+initcheck", "memcheck,initcheck", False),
+    ("all checks", "all", False),
+    ("counters", "", True),
+)
+
+
+@contextlib.contextmanager
+def mode(checks: str, record: bool):
+    saved = os.environ.get(sanitizer.VARIABLE)
+    os.environ[sanitizer.VARIABLE] = checks
+    try:
+        with counters.record() if record else contextlib.nullcontext():
+            yield
+    finally:
+        if saved is None:
+            del os.environ[sanitizer.VARIABLE]
+        else:
+            os.environ[sanitizer.VARIABLE] = saved
 
 SCALE = """
 #include <metal_stdlib>
@@ -45,22 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.rows, args.cols)
     out = torch.empty(args.rows)
     print("CPU emulator of Metal compute: emulator times, not GPU times")
-    print(f"{'kernel':<34}{'threads':>10}{'group':>7}{'median s':>11}{'threads/s':>14}")
+    print(f"{'kernel':<32}{'mode':<20}{'threads':>9}{'group':>6}{'median s':>10}{'threads/s':>13}{'x fast':>8}")
+    ew = compile_shader(SCALE, backend="cpu")
+    n = args.rows * args.cols
+    y = torch.randn(n)
+    z = torch.empty(n)
+    cases = []
     for group in (32, 256, 1024):
         threads = args.rows * group
 
         def run(group=group, threads=threads):
             lib.row_sum_squares_float(out, x, args.cols, threads=[threads], group_size=[group])
 
-        t = median_seconds(run, repeats=args.repeats)
-        print(f"{'row_sum_squares_float (fibers)':<34}{threads:>10}{group:>7}{t:>11.4f}{threads / t:>14,.0f}")
-
-    ew = compile_shader(SCALE, backend="cpu")
-    n = args.rows * args.cols
-    y = torch.randn(n)
-    z = torch.empty(n)
-    t = median_seconds(lambda: ew.scale(z, y), repeats=args.repeats)
-    print(f"{'scale (no synchronization)':<34}{n:>10}{min(n, 1024):>7}{t:>11.4f}{n / t:>14,.0f}")
+        cases.append(("row_sum_squares_float (fibers)", threads, group, run))
+    cases.append(("scale (no synchronization)", n, min(n, 1024), lambda: ew.scale(z, y)))
+    for name, threads, group, run in cases:
+        base = None
+        for label, checks, record in MODES:
+            with mode(checks, record):
+                t = median_seconds(run, repeats=args.repeats)
+            base = base or t
+            print(f"{name:<32}{label:<20}{threads:>9}{group:>6}{t:>10.4f}{threads / t:>13,.0f}{t / base:>8.1f}")
     return 0
 
 

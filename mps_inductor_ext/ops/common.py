@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from .. import config, tuning
+from ..shaders.emulator.sanitizer import note_uninitialized
 
 METAL_DTYPES = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat"}
 FLOAT_DTYPES = (*METAL_DTYPES, torch.float64)
@@ -35,10 +36,11 @@ def poisoned_outputs() -> Iterator[None]:
 
 
 def new_buffer(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialized output or scratch buffer (NaN-filled under poisoned_outputs)."""
+    """An uninitialized output or scratch buffer (NaN-filled under poisoned_outputs); noted as such
+    for the emulator's initcheck (MPSK_EMULATOR_CHECKS)."""
     if getattr(_poison, "on", False):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+        return note_uninitialized(torch.full(shape, float("nan"), dtype=dtype, device=device))
+    return note_uninitialized(torch.empty(shape, dtype=dtype, device=device))
 
 
 def metal_runtime(device: torch.device | str, dtype: torch.dtype | None = None) -> str | None:

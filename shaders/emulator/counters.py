@@ -14,7 +14,8 @@ Stable interface:
 
 Counts are of the kernel's own accesses as compiled (after clang's -O2: values it keeps in
 registers are not reloaded), one per load or store instruction, a vector access (float4) being one
-access of its whole size; memcpy-like copies count as one load and one store of their length.
+access of its whole size; memcpy-like copies (whole structs) count as one load and one store of
+their length; simdgroup_load/simdgroup_store count one access per matrix element.
 Scalars passed by value are constant memory. One launch is counted once (the emulator's second,
 flipped schedule is not). Launches inside `record()` run the instrumented build (sanitizer.py), so
 they are also memchecked; these are emulator counts, exact for the emulated program, not Metal's.
@@ -53,8 +54,6 @@ class LaunchCounts:
     atomics: int
     atomic_bytes: int
 
-
-NUM_COUNTERS = 14  # san::kNumCounters
 
 
 def from_raw(kernel: str, threads, group_size, raw) -> LaunchCounts:

@@ -9,6 +9,9 @@ Beyond what torch.mps.compile_shader can do, and on the emulator only (so kernel
 projects run verbatim): function constants (`specialized(constants)`), host-sized threadgroup
 memory (`threadgroup_memory={k: nbytes}`), and buffers bound by index with holes (`dispatch`).
 
+$MPSK_EMULATOR_CHECKS (or counters.record()) runs launches on an instrumented build whose every
+load and store is checked (memcheck, initcheck, racecheck) and counted: sanitizer.py.
+
 Two environment knobs make it behave as a particular Mac does: MPSK_EMULATOR_MAX_THREADS lowers
 every pipeline's thread limit (`pipeline_thread_limit`), and MPSK_EMULATOR_FAST_MATH (or torch's
 PYTORCH_MPS_FAST_MATH) compiles kernel source in fast-math mode (`fast_math_enabled`).
@@ -204,7 +207,9 @@ class EmulatedKernel:
         tg_sizes = self._threadgroup_sizes(threadgroup_memory)
         bindings = binding.bind(self.name, self.buffers, args, casts)
         uninit = self._uninitialized(uninitialized, bindings)
-        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes, uninit)
+        noted, notes = sanitizer.take_uninitialized(bindings)
+        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes, uninit | noted)
+        sanitizer.drop(notes)  # written by this launch, as far as later ones know
 
     def _uninitialized(self, indices, bindings: dict[int, object]) -> set[int]:
         if indices is None:
@@ -358,8 +363,8 @@ class EmulatedKernel:
 
         run(0)
         if recording:
-            raw = (ctypes.c_ulong * counters.NUM_COUNTERS)()
-            dll.mpsk_san_counts(raw, counters.NUM_COUNTERS)
+            raw = (ctypes.c_ulong * sanitizer.NUM_COUNTERS)()
+            dll.mpsk_san_counts(raw, sanitizer.NUM_COUNTERS)
             counters.add(counters.from_raw(self.name, grid, group, raw))
         first = {key: s.buf.clone() for key, s in staged.items()}
         for s in staged.values():
@@ -452,7 +457,14 @@ class EmulatedLibrary:
     def instrumented_dll(self) -> ctypes.CDLL:
         """The instrumented build of this library (sanitizer.py), built and loaded at first use."""
         if self._instrumented_dll is None:
-            path = toolchain.build(self.source, self.constants, fast_math=self.fast_math, instrumented=True)
+            try:
+                path = toolchain.build(self.source, self.constants, fast_math=self.fast_math, instrumented=True)
+            except SyntaxError as e:
+                raise RuntimeError(
+                    f"the instrumented build of this source does not compile: it makes every address space "
+                    f"generic, so functions overloaded on an address space collide; run it without "
+                    f"${sanitizer.VARIABLE} and outside counters.record(). Compiler: {e}"
+                ) from None
             dll = ctypes.CDLL(str(path))
             self._declare(dll)
             sanitizer.declare(dll)

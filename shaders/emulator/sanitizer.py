@@ -9,19 +9,27 @@ list; "all" for every one) or while counters are recorded (counters.py):
   threadgroup accesses outside every threadgroup array too. On whenever the instrumented build runs
   (the classification that counting needs is the check).
 - initcheck: reads of threadgroup memory never written in the group, and of device bytes never
-  written in the launch that the host did not initialize (arguments named in `uninitialized=`).
+  written in the launch that the host did not initialize: arguments named in `uninitialized=`, and
+  tensors made by the package's `new_buffer` (its outputs and scratch, noted by
+  `note_uninitialized` while initcheck is on) until a launch has taken them.
 - racecheck: a device byte read or written by one thread after another thread wrote it with no
   barrier between (same threadgroup), or wrote it in another threadgroup; atomics never count.
 
-The fast build is the default: the instrumented one costs several times its time
-(benchmarks/emulator_throughput.py measures both).
+The fast build is the default: the instrumented one is a second compile of each source and runs
+1.4-8x slower (benchmarks/emulator_throughput.py measures every mode in one run).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
+import weakref
 from enum import IntFlag
+
+import torch
+
+from .binding import HOST_MEMORY_DEVICES
 
 VARIABLE = "MPSK_EMULATOR_CHECKS"
 MAX_RANGES = 64  # san::kMaxRanges
@@ -80,8 +88,63 @@ class RangeStruct(ctypes.Structure):
     ]
 
 
+NUM_COUNTERS = 14  # san::kNumCounters
+
+
 def declare(dll: ctypes.CDLL) -> None:
+    """Declares the instrumented library's sanitizer functions, after checking it agrees with this
+    module on the range table's layout."""
+    dll.mpsk_san_abi.restype = None
+    dll.mpsk_san_abi.argtypes = [ctypes.c_void_p]
+    got = (ctypes.c_long * 3)()
+    dll.mpsk_san_abi(got)
+    want = (ctypes.sizeof(RangeStruct), MAX_RANGES, NUM_COUNTERS)
+    if tuple(got) != want:
+        raise RuntimeError(f"the instrumented runtime and host disagree on the sanitizer's ABI "
+                           f"(range bytes, ranges, counters): runtime {tuple(got)}, host {want}")
     dll.mpsk_san_configure.restype = ctypes.c_int
     dll.mpsk_san_configure.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     dll.mpsk_san_counts.restype = ctypes.c_int
     dll.mpsk_san_counts.argtypes = [ctypes.c_void_p, ctypes.c_int]
+
+
+_noted = threading.local()
+
+
+def note_uninitialized(t: torch.Tensor) -> torch.Tensor:
+    """Notes a freshly allocated tensor (an op's output or scratch) as holding no values yet, when
+    initcheck is on: the next launch that takes it treats its bytes as never written (a read of one
+    it did not write first is an error); after that launch it counts as written. Returns `t`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"note_uninitialized takes a tensor, got {type(t).__name__}")
+    checks = active_checks()
+    if checks is not None and checks & Check.INITCHECK and t.device.type in HOST_MEMORY_DEVICES and t.numel():
+        entries = _noted.__dict__.setdefault("entries", [])
+        entries[:] = [e for e in entries if e[0]() is not None]
+        entries.append((weakref.ref(t), t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
+    return t
+
+
+def take_uninitialized(bindings: dict[int, object]) -> tuple[set[int], list]:
+    """The indices of tensor arguments that lie in a noted tensor, and those notes (to drop once the
+    launch has written them: `drop`)."""
+    entries = getattr(_noted, "entries", None)
+    if not entries:
+        return set(), []
+    hit, used = set(), []
+    for idx, value in bindings.items():
+        if not isinstance(value, torch.Tensor) or not value.numel():
+            continue
+        lo = value.data_ptr()
+        for e in entries:
+            alive = e[0]()
+            if alive is not None and alive.data_ptr() == e[1] and e[1] <= lo < e[2]:
+                hit.add(idx)
+                used.append(e)
+    return hit, used
+
+
+def drop(notes: list) -> None:
+    entries = getattr(_noted, "entries", None)
+    if entries:
+        entries[:] = [e for e in entries if not any(e is n for n in notes) and e[0]() is not None]

@@ -11,7 +11,7 @@ import torch
 from mps_inductor_ext.shaders import KernelError, compile_shader
 from mps_inductor_ext.shaders.emulator import counters, sanitizer
 
-H = "#include <metal_stdlib>\nusing namespace metal;\n"
+H = "#include <metal_stdlib>\n#include <metal_simdgroup_matrix>\nusing namespace metal;\n"
 
 COUNTED = (
     H
@@ -68,6 +68,14 @@ kernel void tg_half_written(device float* o [[buffer(0)]], device const float* x
   s[t] = x[i];
   threadgroup_barrier(mem_flags::mem_threadgroup);
   o[i] = s[t + 32];
+}
+kernel void matmul8(device float* c [[buffer(0)]], device const float* a [[buffer(1)]],
+                    device const float* b [[buffer(2)]]) {
+  simdgroup_float8x8 A, B, C(0);
+  simdgroup_load(A, a, 8);
+  simdgroup_load(B, b, 8);
+  simdgroup_multiply_accumulate(C, A, B, C);
+  simdgroup_store(C, c, 8);
 }
 kernel void bump(device float* o [[buffer(0)]], uint i [[thread_position_in_grid]]) {
   o[0] += 1.0f;
@@ -131,6 +139,17 @@ def test_counters_atomics_apart(counted):
         counted.count(c, threads=8)
     assert (launches[0].atomics, launches[0].atomic_bytes, launches[0].device) == (8, 32, NONE)
     assert int(c) == 8
+
+
+def test_counters_simdgroup_matrix(counted, checks):
+    """simdgroup_load/store are collectives run by the scheduler on the lanes' stacks: checked and
+    counted one element at a time (two 8x8 loads, one 8x8 store)."""
+    checks("all")
+    a, b, c = torch.eye(8), torch.arange(64.0).reshape(8, 8), torch.empty(8, 8)
+    with counters.record() as launches:
+        counted.matmul8(c, a, b, threads=32, uninitialized={0})
+    assert launches[0].device == _space(128, 512, 64, 256)
+    assert torch.equal(c, b)
 
 
 def test_counters_only_inside_record(counted):
@@ -206,6 +225,20 @@ def test_uninitialized_device_read(counted, checks):
     assert torch.equal(o, x)
 
 
+def test_package_buffers_start_uninitialized(counted, checks):
+    """Outputs and scratch from the ops' new_buffer are noted uninitialized until a launch takes them."""
+    from mps_inductor_ext.ops.common import new_buffer
+
+    checks("initcheck")
+    x = torch.ones(8)
+    o = new_buffer((8,), torch.float32, torch.device("cpu"))
+    with pytest.raises(KernelError, match=r"read of uninitialized device memory: buffer 0 element"):
+        counted.accumulate(o, x, threads=8)
+    counted.copy(o, x, threads=8)  # writes every element
+    counted.accumulate(o, x, threads=8)
+    assert torch.equal(o, 2 * x)
+
+
 def test_written_before_read_passes_initcheck(counted, checks):
     checks("initcheck,racecheck")
     x, o, p = torch.arange(8.0), torch.empty(8), torch.empty(8)
@@ -251,3 +284,27 @@ def test_atomic_add_is_not_a_race(counted, checks):
     c = torch.zeros(1, dtype=torch.int32)
     counted.count(c, threads=64, group_size=16)
     assert int(c) == 64
+
+
+def test_source_overloaded_on_address_space_says_why(emulate, checks):
+    """The instrumented build makes every address space generic: overloads on one collide there,
+    and the error says so instead of a bare compiler message mid-launch."""
+    lib = emulate(
+        H
+        + """
+float first(device const float* p) { return p[0]; }
+float first(threadgroup const float* p) { return p[1]; }
+kernel void pick(device float* o [[buffer(0)]], device const float* x [[buffer(1)]],
+                 uint i [[thread_position_in_grid]]) {
+  threadgroup float t[2];
+  t[0] = 0.0f;
+  t[1] = 0.0f;
+  o[i] = first(x) + first(t);
+}
+"""
+    )
+    x, o = torch.ones(2), torch.empty(2)
+    lib.pick(o, x, threads=1, group_size=1)  # the fast build runs it
+    checks("memcheck")
+    with pytest.raises(RuntimeError, match="overloaded on an address space collide"):
+        lib.pick(o, x, threads=1, group_size=1)

@@ -125,6 +125,7 @@ struct Launch {
   bool strict;  // every lane must reach each SIMD-group function and barrier
   bool failed;
   bool needs_fibers;
+  bool on_fiber;  // a fiber runs (not the scheduler, which runs SIMD-group combines)
   char* err;
   int errlen;
   jmp_buf escape;
@@ -160,7 +161,7 @@ inline void fail(const char* fmt, ...) {
 
 // Stops the calling thread after an error; the launch ends with that error.
 [[noreturn]] inline void abort_thread() {
-  if (L->fibers) {
+  if (L->fibers && L->on_fiber) {
     fiber_switch(T->fiber, L->sched);  // never resumed
   }
   longjmp(L->escape, 1);
@@ -632,8 +633,12 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
   L->ntg = 0;
   L->tg_used = 0;
   san_group_begin();
+  // Where an error stops the group: the thread that found it, or a combine in the scheduler.
+  if (setjmp(L->escape)) {
+    L->on_fiber = false;
+    return false;
+  }
   if (!L->fibers) {
-    if (setjmp(L->escape)) return false;
     for (int k = 0; k < n; ++k) {
       const int i = forward_first ? k : n - 1 - k;
       init_thread(threads[0], i, actual);
@@ -655,7 +660,9 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
       Thread& t = threads[forward ? k : n - 1 - k];
       if (t.st != St::Ready) continue;
       T = &t;
+      L->on_fiber = true;
       fiber_switch(L->sched, t.fiber);
+      L->on_fiber = false;
       if (L->failed) return false;
     }
     forward = !forward;

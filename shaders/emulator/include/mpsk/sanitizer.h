@@ -267,6 +267,9 @@ inline void access(unsigned long a, unsigned long n, bool write) {
   }
   if (a - s.image_lo < s.image_hi - s.image_lo) return;  // this library's constants and statics
   if (a - s.tls_lo < s.tls_hi - s.tls_lo) return;        // its thread-local block
+  if (L->fibers)  // a combine (run by the scheduler) reads and writes the lanes' stacks
+    for (int i = 0; i < L->n; ++i)
+      if (a - (unsigned long)fiber_stack(i) < kFiberStack) return;
   out_of_bounds(a, n, write);
 }
 
@@ -374,6 +377,13 @@ MPSK_EXPORT int mpsk_san_configure(const mpsk_rt::san::Range* ranges, int n, int
     if (r.init && !r.uninitialized) mpsk_rt::san::bits_set(r.init, r.lo - r.base, r.hi - r.lo);
   }
   return 1;
+}
+
+// The numbers sanitizer.py must agree on: bytes of a Range, ranges per launch, counters.
+MPSK_EXPORT void mpsk_san_abi(long* out) {
+  out[0] = sizeof(mpsk_rt::san::Range);
+  out[1] = mpsk_rt::san::kMaxRanges;
+  out[2] = mpsk_rt::san::kNumCounters;
 }
 
 MPSK_EXPORT int mpsk_san_counts(unsigned long* out, int max) {
