@@ -1,21 +1,5 @@
-"""Shared timing helpers: medians of repeated runs after warm-up."""
+"""The benchmarks' timing helpers, which live in the package (`mps_inductor_ext.timing`)."""
 
-from __future__ import annotations
+from mps_inductor_ext.timing import device_timer, median_seconds
 
-import statistics
-import time
-from collections.abc import Callable
-
-
-def median_seconds(fn: Callable[[], None], *, warmup: int = 1, repeats: int = 5) -> float:
-    """Median wall time of `fn` over `repeats` runs, after `warmup` untimed runs."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+__all__ = ["device_timer", "median_seconds"]

@@ -23,28 +23,10 @@ import sys
 import torch
 
 import mps_inductor_ext as mpsk
+from mps_inductor_ext.profiling.launches import MAX_LEN, TinyLlamaRunner, count
 
 BACKENDS = ("eager", "inductor", "mpsk")
 MODELS = ("tiny_llama", "hf_llama")
-MAX_LEN = 64
-
-
-class TinyLlamaRunner:
-    """The built-in TinyLlama with its static KVCache."""
-
-    def __init__(self):
-        from mps_inductor_ext.models import KVCache, TinyLlama
-
-        torch.manual_seed(0)
-        self.model = TinyLlama().eval().to("mps")
-        self.vocab = self.model.config.vocab_size
-        self._cache = lambda: KVCache(self.model.config, 1, MAX_LEN, device="mps")
-
-    def fresh(self) -> None:
-        self.cache = self._cache()
-
-    def __call__(self, fn, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return fn(ids, self.cache, positions)
 
 
 class HFLlamaRunner:
@@ -70,28 +52,6 @@ class HFLlamaRunner:
 
 
 RUNNERS = {"tiny_llama": TinyLlamaRunner, "hf_llama": HFLlamaRunner}
-
-
-def count(runner, backend: str, prefill: int) -> dict[str, mpsk.emulated_mps.LaunchCounts]:
-    """Launches of one prefill and one decode step, each counted on a warm second run (compiled
-    code is in place, and the cache holds the same tokens as on the first run)."""
-    torch._dynamo.reset()
-    fn = runner.model if backend == "eager" else torch.compile(runner.model, backend=backend)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, runner.vocab, (1, prefill + 1), generator=g).to("mps")
-    phases = {
-        "prefill": (ids[:, :prefill], torch.arange(prefill, device="mps")),
-        "decode": (ids[:, prefill:], torch.tensor([prefill], device="mps")),
-    }
-    out = {}
-    with torch.no_grad():
-        for _ in range(2):  # the first pass compiles; the second is counted
-            runner.fresh()
-            for phase, (x, pos) in phases.items():
-                with mpsk.count_launches() as n:
-                    runner(fn, x, pos)
-                out[phase] = n
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

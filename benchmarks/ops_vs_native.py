@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import median_seconds  # noqa: E402
 
 import mps_inductor_ext  # noqa: E402
 from mps_inductor_ext import config, tuning  # noqa: E402
+from mps_inductor_ext.timing import device_timer  # noqa: E402
 
 SWEEP = (32, 64, 128, 256, 512, 1024)
 
@@ -141,22 +141,6 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.2f}" if n else ""
 
 
-def timer(device: str, repeats: int, warmup: int) -> Callable[[Callable[[], object]], float]:
-    def sync():
-        if device == "mps":
-            torch.mps.synchronize()
-
-    def measure(fn):
-        def run():
-            sync()
-            fn()
-            sync()
-
-        return median_seconds(run, warmup=warmup, repeats=repeats)
-
-    return measure
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (median reported)")
@@ -173,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = "mps" if on_mps else "cpu (emulated Metal)"
     csv_path = args.csv or Path(__file__).parent / "results" / f"ops_{'mps' if on_mps else 'emulator'}.csv"
     dtype = getattr(torch, args.dtype)
-    measure = timer(device, repeats, args.warmup)
+    measure = device_timer(device, repeats, args.warmup)
     save = on_mps or args.save_tuning
 
     print(f"mps_inductor_ext {mps_inductor_ext.__version__}: mpsk ops vs native PyTorch on {backend}, {args.dtype}")

@@ -18,6 +18,7 @@ from .emulated_mps import count_launches, emulate_mps_device
 from .integrations import PatchReport, patch, unpatch
 from .integrations.hf_register import register_lazily as _register_with_transformers
 from .passes import counters, reset_counters
+from .profiling import profile
 from .quantization import QuantizedLinear, quantize
 from .shaders import KernelError, compile_shader
 
@@ -40,6 +41,7 @@ __all__ = [
     "explain",
     "ops",
     "patch",
+    "profile",
     "quantize",
     "reset_counters",
     "shaders",

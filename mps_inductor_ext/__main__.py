@@ -1,4 +1,4 @@
-"""Command line: ``python -m mps_inductor_ext {demo,export,explain,doctor}``."""
+"""Command line: ``python -m mps_inductor_ext {demo,export,explain,doctor,profile,tune}``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="check only this op (repeatable; default: every op under torch.ops.mpsk)")
     doctor.add_argument("--inject-fault", metavar="OP",
                         help="self-test of the doctor: perturb OP's output before comparing, so it must fail")
+    from .profiling import cli as profile_cli
+
+    profile = sub.add_parser(
+        "profile", help="MODELED cost of each mpsk kernel: bytes counted on the emulator against the ideal, "
+                        "roofline times on named Apple chips")
+    profile_cli.add_arguments(profile)
+    tune = sub.add_parser(
+        "tune", help="time each op's kernel against the native op per dtype and shape bucket on this device and "
+                     "record the winner in the tuning cache")
+    from . import tune as tune_mod
+
+    tune_mod.add_arguments(tune)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_mod
@@ -120,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             return doctor_mod.run(args.backend, args.ops, args.inject_fault)
         except (ValueError, RuntimeError) as e:
             print(f"doctor: {e}", file=sys.stderr)
+            return 2
+    if args.command in ("profile", "tune"):
+        try:
+            return profile_cli.run(args) if args.command == "profile" else tune_mod.run(args)
+        except (ValueError, KeyError, RuntimeError) as e:
+            print(f"{args.command}: {e}", file=sys.stderr)
             return 2
     return 2  # pragma: no cover - argparse rejects unknown commands
 

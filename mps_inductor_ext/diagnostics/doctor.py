@@ -3,8 +3,10 @@
 For a nightly job: exits non-zero when any case fails, when an op has no check, or when a case
 raises. Each op family brings its cases (families.FAMILIES, ops/doctor_cases.py); an op defined
 elsewhere under torch.ops.mpsk registers its own with `register_check`, and one with none fails.
-``inject_fault`` perturbs one op's output inside the doctor before the comparison, a self-test
-showing the doctor can fail; it never touches the op itself.
+Recorded tuning choices are ignored (tuning.kernels_only): the doctor checks the kernels, even
+for shapes where `tune` found the native op faster. ``inject_fault`` perturbs one op's output
+inside the doctor before the comparison, a self-test showing the doctor can fail; it never
+touches the op itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TextIO
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .. import config, families, shaders
+from .. import config, families, shaders, tuning
 from ..ops import tolerances
 from ..ops.common import poisoned_outputs
 from ..ops.doctor_cases import Case
@@ -153,7 +155,7 @@ def run_op(op: str, backend: str, inject_fault: bool = False) -> list[CaseResult
         return [CaseResult(op, "-", False, None, None, "the check has no cases")]
     for case in cases:
         try:
-            with config.patch(emulate_metal=backend == "cpu"), poisoned_outputs():
+            with config.patch(emulate_metal=backend == "cpu"), poisoned_outputs(), tuning.kernels_only():
                 got = fn(*_to(device, case.args), **_to(device, dict(case.kwargs)))
             if inject_fault:
                 got = _perturb(got)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import config
 from ..config import AttentionPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
+from .common import METAL_DTYPES, check_like, check_tensor, new_buffer, tuned_runtime
 from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, specialize
 from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
@@ -299,7 +299,7 @@ def attention(
     converted to q's dtype first. Returns a contiguous (B, Hq, Sq, Dv) tensor.
     """
     _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
-    runtime = metal_runtime(q.device, q.dtype)
+    runtime = tuned_runtime("attention", (q, k, v, attn_mask, scale, is_causal, window))
     if runtime is None:
         return attention_reference(q, k, v, attn_mask, scale, is_causal, window)
     return _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime)

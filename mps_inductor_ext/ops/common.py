@@ -61,6 +61,19 @@ def metal_runtime(device: torch.device | str, dtype: torch.dtype | None = None) 
     return None
 
 
+def tuned_runtime(op: str, args: tuple) -> str | None:
+    """`metal_runtime` for an op call (its first tensor argument's device and dtype), except None
+    where `python -m mps_inductor_ext tune` measured the native op faster than the kernel for
+    calls like this one on this machine (tuning.prefers_native): then the ATen reference runs."""
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if first is None:
+        raise TypeError(f"mpsk.{op}: no tensor among the arguments")
+    runtime = metal_runtime(first.device, first.dtype)
+    if runtime is None or tuning.prefers_native(op, args):
+        return None
+    return runtime
+
+
 def check_tensor(op: str, name: str, t: object, *, min_dim: int = 0, dim: int | None = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"mpsk.{op}: {name} must be a Tensor, got {type(t).__name__}")

@@ -11,9 +11,11 @@ Launch logic is written once, in the op's plan builder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import sympy
 import torch
@@ -205,3 +207,23 @@ def run_plan(plan: LaunchPlan, tensors: Mapping[str, torch.Tensor], runtime: str
             fn.dispatch(threads, group)
 
         fn.run_command_block(block)
+        for observer in getattr(_observing, "callbacks", ()):
+            observer(launch, fn, tuple(threads), tuple(group))
+
+
+_observing = threading.local()
+LaunchObserver = Callable[[KernelLaunch, object, tuple[int, ...], tuple[int, ...]], None]
+
+
+@contextlib.contextmanager
+def observe_launches(callback: LaunchObserver) -> Iterator[None]:
+    """Calls `callback(launch, kernel_function, threads, group_size)` after each kernel `run_plan`
+    runs on this thread inside the block: the profiler reads each launch's counters there."""
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    before = getattr(_observing, "callbacks", ())
+    _observing.callbacks = (*before, callback)
+    try:
+        yield
+    finally:
+        _observing.callbacks = before

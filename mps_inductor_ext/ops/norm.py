@@ -17,9 +17,9 @@ from .common import (
     check_finite,
     check_like,
     check_tensor,
-    metal_runtime,
     new_buffer,
     threads_per_row,
+    tuned_runtime,
 )
 from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, specialize
 from .operands import Operand, OpLaunch, rows_vector_ok, run_launch
@@ -136,7 +136,7 @@ def _check_rms_norm(input, weight, eps, weight_offset) -> tuple[float, float]:
 @torch.library.custom_op("mpsk::rms_norm", mutates_args=())
 def rms_norm(input: torch.Tensor, weight: torch.Tensor | None, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
     eps, weight_offset = _check_rms_norm(input, weight, eps, weight_offset)
-    runtime = metal_runtime(input.device, input.dtype)
+    runtime = tuned_runtime("rms_norm", (input, weight, eps, weight_offset))
     if runtime is None:
         return rms_norm_reference(input, weight, eps, weight_offset)
     return _run_metal("rms_norm", input, weight, None, eps, weight_offset, runtime)
@@ -187,7 +187,7 @@ def layer_norm_reference(input, weight, bias, eps):
 @torch.library.custom_op("mpsk::layer_norm", mutates_args=())
 def layer_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     eps = _check_layer_norm(input, weight, bias, eps)
-    runtime = metal_runtime(input.device, input.dtype)
+    runtime = tuned_runtime("layer_norm", (input, weight, bias, eps))
     if runtime is None:
         return layer_norm_reference(input, weight, bias, eps)
     return _run_metal("layer_norm", input, weight, bias, eps, 0.0, runtime)

@@ -17,7 +17,7 @@ from .. import config
 from ..config import QuantizedPolicy
 from ..quantization import BITS, GROUP_SIZES, dequantize, unpack
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
+from .common import METAL_DTYPES, check_like, check_tensor, new_buffer, tuned_runtime
 from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, specialize
 from .operands import Operand, OpLaunch, run_launch
 
@@ -145,7 +145,7 @@ def quantized_linear(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tens
     bits 4 or 8, group_size 32, 64 or 128; fp32 accumulation."""
     args = (x, w_packed, scales, biases, group_size, bits, bias)
     _check(*args)
-    runtime = metal_runtime(x.device, x.dtype)
+    runtime = tuned_runtime("quantized_linear", args)
     return quantized_linear_reference(*args) if runtime is None else _run_metal(*args, runtime)
 
 

@@ -9,7 +9,7 @@ import torch
 from .. import config
 from ..config import RopePolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer
+from .common import METAL_DTYPES, check_like, check_tensor, new_buffer, tuned_runtime
 from .launch import IntArg, KernelLaunch, LaunchPlan, TensorArg, check_grid, specialize
 from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
@@ -134,7 +134,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
       `repeat_interleave(..., 2, dim=-1)`: pass those, not the (..., R/2) tables.
     """
     _check(x, cos, sin, interleaved)
-    runtime = metal_runtime(x.device, x.dtype)
+    runtime = tuned_runtime("rope", (x, cos, sin, interleaved))
     if runtime is None:
         return rope_reference(x, cos, sin, interleaved)
     return _run_metal(x, cos, sin, interleaved, runtime)

@@ -11,7 +11,7 @@ import torch
 from .. import config
 from ..config import SoftmaxPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, capped, check_tensor, metal_runtime, new_buffer, threads_per_row
+from .common import METAL_DTYPES, capped, check_tensor, new_buffer, threads_per_row, tuned_runtime
 from .launch import IntArg, KernelLaunch, LaunchPlan, Size, TensorArg, ceil_div, fit_to_pipelines, specialize
 from .operands import Operand, OpLaunch, rows_vector_ok, run_launch
 
@@ -116,7 +116,7 @@ def softmax(input: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
     NaN as ATen does. The output is always contiguous.
     """
     d = _check(input, dim, log)
-    runtime = metal_runtime(input.device, input.dtype)
+    runtime = tuned_runtime("softmax", (input, dim, log))
     if runtime is None:
         return softmax_reference(input, dim, log)
     return _run_metal(input, d, log, runtime)
