@@ -29,7 +29,7 @@ from ..errors import KernelError, UndefinedBehaviorWarning
 from . import abi, binding, containment, reports, stacks, toolchain
 from .abi import LaunchFlag, ParamKind, Status
 from .prepass import DISPATCH_ATTRIBUTES
-from .reservation import Reservation
+from .reservation import Reservation, reserve
 from .staging import POISONS, Staged, extent, only_atomic_rounding, stray_write_message
 
 MAX_THREADS_PER_THREADGROUP = abi.MAX_THREADS_PER_THREADGROUP
@@ -301,9 +301,9 @@ class EmulatedKernel:
                 owners[idx] = (s, 0, len(value), f"a {len(value)}-byte scalar argument")
         strides = {p.index: p.elem_size * (4 if p.lanes == 3 else p.lanes) for p in self.buffers}
         order = list(staged.values())
-        with Reservation([s.page_bytes for s in order], max(strides.values(), default=1)) as memory:
-            for s, start, size in zip(order, memory.starts, memory.pages, strict=True):
-                s.place(start, size)
+        with reserve([s.page_bytes for s in order], max(strides.values(), default=1)) as memory:
+            for s, start, view in zip(order, memory.starts, memory.views, strict=True):
+                s.place(start, view)
             self._run_staged(staged, owners, dtypes, strides, memory, order, grid, group, runtime_owned, tg_sizes)
 
     def _run_staged(self, staged, owners, dtypes, strides, memory, order, grid, group, runtime_owned,

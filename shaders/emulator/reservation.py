@@ -8,17 +8,25 @@ with it up to 64 bytes): from the buffer, a byte offset lies in [-2^31, 2^32) el
 before and 64 GiB after it for 16-byte elements. The guards are reserved with
 mmap(PROT_NONE, MAP_NORESERVE), which costs address space only (x86-64 has 128 TiB of it):
 no memory, no commit charge, no page tables, and no cost per access (checked accesses are the
-instrumented mode's business). One reservation per launch holds every buffer, each [guard
-before][pages][guard after], and is unmapped when the launch ends, so mappings never accumulate:
-a launch with n staged buffers adds 2n + 1 mappings (vm.max_map_count is about 65000) while it runs.
-A 64-bit offset beyond the reach may still land elsewhere in the process.
+instrumented mode's business). One reservation holds every buffer of a launch, each [guard
+before][pages][guard after]: 2n + 1 mappings for n buffers (vm.max_map_count is about 65000).
+Making one costs a few hundred microseconds (mostly unmapping it), which thousands of small
+launches would feel, so each thread keeps its last few small ones (`reserve`), keyed by their
+buffers' page counts rounded up to powers of two, and reuses them; a thread's are unmapped when
+it ends. A 64-bit offset beyond the reach may still land elsewhere in the process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
+import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 
 from .stacks import _MAP_FAILED, PAGE, PROT_NONE, _libc
 
@@ -30,6 +38,9 @@ MAX_ELEMENT = 64  # a larger struct element is covered as far as 2^32 of 64 byte
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munmap.restype = ctypes.c_int
 _warned = False
+KEEP_PER_THREAD = 8  # reservations a thread keeps for reuse
+KEEP_MAX_BYTES = 4 << 20  # the most pages (all buffers together) of one kept reservation
+KEEP_TOTAL_BYTES = 16 << 20  # and of all a thread keeps
 
 
 def _round_up(n: int, to: int) -> int:
@@ -40,11 +51,10 @@ class Reservation:
     """Pages for each of `sizes` (bytes), each between guards reaching 2^31 elements before and
     2^32 after, for elements of `element` bytes; `starts[i]` is where buffer i's pages begin."""
 
-    def __init__(self, sizes: list[int], element: int = MIN_ELEMENT):
-        if any(n < 0 for n in sizes):
-            raise ValueError(f"buffer sizes must be non-negative, got {sizes}")
-        element = min(max(element, MIN_ELEMENT), MAX_ELEMENT)
-        self.pages = [max(PAGE, _round_up(n, PAGE)) for n in sizes]
+    def __init__(self, pages: list[int], element: int = MIN_ELEMENT):
+        if any(n < PAGE or n % PAGE for n in pages):
+            raise ValueError(f"buffer pages must be positive multiples of {PAGE} bytes, got {pages}")
+        self.pages = list(pages)
         self.before, self.after = INDEX_ELEMENTS_BEFORE * element, INDEX_ELEMENTS_AFTER * element
         self.base = None
         while True:
@@ -67,6 +77,9 @@ class Reservation:
                 raise MemoryError(f"cannot map a staging buffer of {p} bytes (errno {ctypes.get_errno()})")
             self.starts.append(at)
             at += p + self.after
+        # Byte views of each buffer's pages, made once (a view costs more than a small launch's copy).
+        self.views = [torch.frombuffer((ctypes.c_ubyte * p).from_address(a), dtype=torch.uint8)
+                      for a, p in zip(self.starts, self.pages, strict=True)]
 
     def _shrink(self) -> None:
         """Less address space than the guards want (a `ulimit -v`): smaller guards, said once."""
@@ -92,11 +105,45 @@ class Reservation:
 
     def close(self) -> None:
         if self.base is not None:
+            self.views = []
             _libc.munmap(self.base, self.total)
             self.base = None
 
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __del__(self) -> None:
         self.close()
+
+
+def page_layout(sizes: list[int], element: int) -> tuple[int, tuple[int, ...]]:
+    """The reservation that fits buffers of `sizes` bytes: (element, pages of each). Small buffers'
+    pages are rounded up to a power of two, so launches of similar shapes share reservations."""
+    if any(n < 0 for n in sizes):
+        raise ValueError(f"buffer sizes must be non-negative, got {sizes}")
+    element = min(max(element, MIN_ELEMENT), MAX_ELEMENT)
+    pages = []
+    for n in sizes:
+        p = max(PAGE, _round_up(n, PAGE))
+        if p <= KEEP_MAX_BYTES:
+            p = PAGE << (p // PAGE - 1).bit_length()
+        pages.append(p)
+    return element, tuple(pages)
+
+
+_kept = threading.local()  # per thread: OrderedDict of layout -> Reservation, least recently used first
+
+
+@contextmanager
+def reserve(sizes: list[int], element: int = MIN_ELEMENT) -> Iterator[Reservation]:
+    """A reservation for buffers of `sizes` bytes with guards for `element`-byte elements, for the
+    duration of the block: one the thread kept, or a new one, kept afterwards if small."""
+    layout = page_layout(sizes, element)
+    kept: OrderedDict = _kept.__dict__.setdefault("reservations", OrderedDict())
+    memory = kept.pop(layout, None) or Reservation(list(layout[1]), layout[0])
+    try:
+        yield memory
+    finally:
+        if sum(memory.pages) <= KEEP_MAX_BYTES:
+            kept[layout] = memory
+            while len(kept) > KEEP_PER_THREAD or sum(sum(m.pages) for m in kept.values()) > KEEP_TOTAL_BYTES:
+                kept.popitem(last=False)[1].close()
+        else:
+            memory.close()

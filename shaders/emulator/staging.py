@@ -90,11 +90,12 @@ class Staged:
         """Bytes of pages the copy needs: its length and room to keep its alignment."""
         return self.length + ALIGN - 1
 
-    def place(self, start: int, size: int) -> None:
-        """Puts the copy in the `size` bytes of pages at `start` (page-aligned), its end as near theirs as
-        its offset from a 64-byte boundary allows (under 64 bytes short)."""
+    def place(self, start: int, pages: torch.Tensor) -> None:
+        """Puts the copy in the pages at `start` (page-aligned; `pages` views their bytes), its end as
+        near theirs as its offset from a 64-byte boundary allows (under 64 bytes short)."""
+        size = len(pages)
         self.head = (size - self.length - self.residue) // ALIGN * ALIGN + self.residue
-        self.buf = torch.frombuffer((ctypes.c_ubyte * size).from_address(start), dtype=torch.uint8)
+        self.buf = pages
         self.addr = start + self.head
         self._gaps = None
 
