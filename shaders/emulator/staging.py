@@ -81,7 +81,7 @@ class Staged:
         self.extents: list[tuple[int, int]] = []  # (offset from lo, length)
         self._gaps: list[tuple[int, int]] | None = None
         self.buf: torch.Tensor | None = None
-        self.head = self.addr = 0
+        self.start = self.size = self.head = self.addr = 0
         if payload is not None:
             self.cover(0, length)
 
@@ -93,8 +93,8 @@ class Staged:
     def place(self, start: int, pages: torch.Tensor) -> None:
         """Puts the copy in the pages at `start` (page-aligned; `pages` views their bytes), its end as
         near theirs as its offset from a 64-byte boundary allows (under 64 bytes short)."""
-        size = len(pages)
-        self.head = (size - self.length - self.residue) // ALIGN * ALIGN + self.residue
+        self.start, self.size = start, len(pages)
+        self.head = (self.size - self.length - self.residue) // ALIGN * ALIGN + self.residue
         self.buf = pages
         self.addr = start + self.head
         self._gaps = None
@@ -112,24 +112,26 @@ class Staged:
                 if self.head + off > at:
                     gaps.append((at, self.head + off))
                 at = max(at, self.head + off + n)
-            if at < len(self.buf):
-                gaps.append((at, len(self.buf)))
+            if at < self.size:
+                gaps.append((at, self.size))
             self._gaps = gaps
         return self._gaps
 
     def refill(self, poison: int = POISON) -> None:
         for a, b in self.gaps:
-            self.buf[a:b].fill_(poison)
+            ctypes.memset(self.start + a, poison, b - a)
         for off, n in self.extents:
             src = self.payload if self.payload is not None else self.lo + off
             ctypes.memmove(self.addr + off, src, n)
 
     def first_stray_write(self, poison: int = POISON) -> int | None:
         """Offset from lo of the first written byte that no argument covers, if any."""
+        fill = bytes([poison])
         for a, b in self.gaps:
-            bad = (self.buf[a:b] != poison).nonzero()
-            if len(bad):
-                return a + int(bad[0]) - self.head
+            data = ctypes.string_at(self.start + a, b - a)
+            clean = len(data) - len(data.lstrip(fill))  # poisoned bytes before the first stray one
+            if clean < len(data):
+                return a + clean - self.head
         return None
 
     def write_back(self) -> None:

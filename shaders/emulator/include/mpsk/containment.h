@@ -139,7 +139,10 @@ struct FaultGuard {
       sigint_armed = 0;
       sigaction(SIGINT, &old_int, nullptr);
     }
-    sigaction(watchdog_signal(), &old_tick, nullptr);
+    // The watchdog's handler stays when nothing else had the signal: it drops ticks outside a launch,
+    // where the default action (ending the process) would kill another thread's launch's late tick.
+    if (old_tick.sa_handler != SIG_DFL && old_tick.sa_handler != SIG_IGN)
+      sigaction(watchdog_signal(), &old_tick, nullptr);
     for (int i = 0; i < kNumContained; ++i) sigaction(kContainedSignals[i], &old[i], nullptr);
     pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   }
