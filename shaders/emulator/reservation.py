@@ -11,9 +11,11 @@ no memory, no commit charge, no page tables, and no cost per access (checked acc
 instrumented mode's business). One reservation holds every buffer of a launch, each [guard
 before][pages][guard after]: 2n + 1 mappings for n buffers (vm.max_map_count is about 65000).
 Making one costs a few hundred microseconds (mostly unmapping it), which thousands of small
-launches would feel, so each thread keeps its last few small ones (`reserve`), keyed by their
-buffers' page counts rounded up to powers of two, and reuses them; a thread's are unmapped when
-it ends. A 64-bit offset beyond the reach may still land elsewhere in the process.
+launches would feel, so the process keeps the last few small ones (`reserve`), keyed by their
+buffers' page counts rounded up to powers of two, and lends them to one launch at a time, in any
+thread. (Not one pool per thread: a thread-local pool is freed while Python tears down a foreign
+thread's state, where unmapping from Python crashes.) A 64-bit offset beyond the reach may still
+land elsewhere in the process.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import ctypes
 import mmap
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,9 +39,9 @@ MAX_ELEMENT = 64  # a larger struct element is covered as far as 2^32 of 64 byte
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munmap.restype = ctypes.c_int
 _warned = False
-KEEP_PER_THREAD = 8  # reservations a thread keeps for reuse
+KEEP = 8  # reservations the process keeps for reuse
 KEEP_MAX_BYTES = 4 << 20  # the most pages (all buffers together) of one kept reservation
-KEEP_TOTAL_BYTES = 16 << 20  # and of all a thread keeps
+KEEP_TOTAL_BYTES = 16 << 20  # and of all it keeps
 
 
 def _round_up(n: int, to: int) -> int:
@@ -109,9 +110,6 @@ class Reservation:
             _libc.munmap(self.base, self.total)
             self.base = None
 
-    def __del__(self) -> None:
-        self.close()
-
 
 def page_layout(sizes: list[int], element: int) -> tuple[int, tuple[int, ...]]:
     """The reservation that fits buffers of `sizes` bytes: (element, pages of each). Small buffers'
@@ -128,22 +126,28 @@ def page_layout(sizes: list[int], element: int) -> tuple[int, tuple[int, ...]]:
     return element, tuple(pages)
 
 
-_kept = threading.local()  # per thread: OrderedDict of layout -> Reservation, least recently used first
+_kept: list[tuple[tuple[int, tuple[int, ...]], Reservation]] = []  # (layout, free reservation), oldest first
+_lock = threading.Lock()
 
 
 @contextmanager
 def reserve(sizes: list[int], element: int = MIN_ELEMENT) -> Iterator[Reservation]:
     """A reservation for buffers of `sizes` bytes with guards for `element`-byte elements, for the
-    duration of the block: one the thread kept, or a new one, kept afterwards if small."""
+    duration of the block: a kept one no other launch holds, or a new one, kept afterwards if small."""
     layout = page_layout(sizes, element)
-    kept: OrderedDict = _kept.__dict__.setdefault("reservations", OrderedDict())
-    memory = kept.pop(layout, None) or Reservation(list(layout[1]), layout[0])
+    with _lock:
+        k = next((k for k, (key, _) in enumerate(_kept) if key == layout), None)
+        memory = _kept.pop(k)[1] if k is not None else None
+    if memory is None:
+        memory = Reservation(list(layout[1]), layout[0])
     try:
         yield memory
     finally:
-        if sum(memory.pages) <= KEEP_MAX_BYTES:
-            kept[layout] = memory
-            while len(kept) > KEEP_PER_THREAD or sum(sum(m.pages) for m in kept.values()) > KEEP_TOTAL_BYTES:
-                kept.popitem(last=False)[1].close()
-        else:
-            memory.close()
+        evicted = [memory] if sum(memory.pages) > KEEP_MAX_BYTES else []
+        if not evicted:
+            with _lock:
+                _kept.append((layout, memory))
+                while len(_kept) > KEEP or sum(sum(m.pages) for _, m in _kept) > KEEP_TOTAL_BYTES:
+                    evicted.append(_kept.pop(0)[1])
+        for m in evicted:
+            m.close()

@@ -143,8 +143,8 @@ def _launches(lib, n: int) -> None:
 
 
 def test_guard_reservations_do_not_accumulate_mappings(lib):
-    """A thread reuses its few kept reservations and unmaps the rest: mappings stay far from
-    vm.max_map_count however many launches run, and a thread's go when it ends."""
+    """The process reuses its few kept reservations and unmaps the rest: mappings stay far from
+    vm.max_map_count however many launches run, in however many threads."""
     _launches(lib, 1)
     before = _mappings()
     _launches(lib, 30)
