@@ -4,8 +4,10 @@ Loading a cached library runs its code, so:
 - the cache directory must be owned by this user and writable by no one else (checked every time
   it is used; created 0700 whatever the umask);
 - an entry is used only if it is a regular file (not a symlink) owned by this user, writable by
-  no one else, and, for a library, a whole ELF file; a truncated or zeroed entry is removed and
-  rebuilt rather than loaded;
+  no one else, and, for a library, a whole ELF file whose bytes match the digest stored after
+  them when it was built (the loader ignores bytes past the ELF contents); a truncated, zeroed or
+  otherwise changed entry is removed and rebuilt rather than loaded, since loading a damaged
+  library can crash the process before any of its code is ours to contain;
 - entries are written whole through a staging file with an unpredictable name, created
   exclusively (so a planted symlink cannot redirect the write), and renamed into place;
 - a full disk, a read-only cache or an MPSK_CACHE_DIR that is not a directory are errors that
@@ -20,6 +22,7 @@ The cache lives in $MPSK_CACHE_DIR, else $XDG_CACHE_HOME/mps_inductor_ext/emulat
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import struct
@@ -30,6 +33,9 @@ VARIABLE = "MPSK_CACHE_DIR"
 SIZE_VARIABLE = "MPSK_CACHE_MAX_MB"
 DEFAULT_MAX_MB = 2048
 _ELF_MAGIC = b"\x7fELF"
+# What store() appends to a library: this marker, then the SHA-256 of every byte before it.
+_DIGEST_MARKER = b"\0mpsk-sha256\0"
+_TRAILER_BYTES = len(_DIGEST_MARKER) + 32
 
 
 class UntrustedCacheError(PermissionError):
@@ -94,6 +100,20 @@ def _whole_elf(path: Path, size: int) -> bool:
     return shoff + shentsize * shnum <= size
 
 
+def _with_digest(data: bytes) -> bytes:
+    """A library's bytes followed by the marker and their digest; other entries unchanged."""
+    if not data.startswith(_ELF_MAGIC):
+        return data
+    return data + _DIGEST_MARKER + hashlib.sha256(data).digest()
+
+
+def _digest_matches(path: Path) -> bool:
+    """Whether the library at `path` ends with the digest of the bytes before it."""
+    data = path.read_bytes()
+    body, marker, digest = data[:-_TRAILER_BYTES], data[-_TRAILER_BYTES:-32], data[-32:]
+    return marker == _DIGEST_MARKER and hashlib.sha256(body).digest() == digest
+
+
 def lookup(path: Path, library: bool = True) -> bool:
     """Whether `path` holds a usable entry. A damaged one (empty, truncated, not ELF) is removed so it
     is rebuilt; one that someone else could have written is an error, never loaded."""
@@ -105,7 +125,7 @@ def lookup(path: Path, library: bool = True) -> bool:
     if not stat.S_ISREG(st.st_mode):
         raise UntrustedCacheError(f"mpsk: cache entry {path} is not a regular file (a symlink?); remove it")
     _check_owned(path, st, "cache entry")
-    if library and not _whole_elf(path, st.st_size):
+    if library and not (_whole_elf(path, st.st_size) and _digest_matches(path)):
         path.unlink(missing_ok=True)
         return False
     os.utime(path)  # recently used: the last to go when the cache is pruned
@@ -150,7 +170,7 @@ def store(path: Path, data: bytes) -> None:
         fd, staged = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)
-            f.write(data)
+            f.write(_with_digest(data))
         os.replace(staged, path)
         if folder == cache_dir():
             prune(keep=path)

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import KernelError, UndefinedBehaviorWarning
-from . import abi, binding, counters, reports, sanitizer, stacks, toolchain
+from . import abi, binding, containment, counters, reports, sanitizer, stacks, toolchain
 from .abi import LaunchFlag, ParamKind, Status
 from .prepass import DISPATCH_ATTRIBUTES
-from .staging import RED_ZONE, Staged, extent, only_atomic_rounding, stray_write_message
+from .reservation import Reservation, reserve
+from .staging import POISONS, Staged, extent, only_atomic_rounding, stray_write_message
 
 MAX_THREADS_PER_THREADGROUP = abi.MAX_THREADS_PER_THREADGROUP
 THREAD_LIMIT_VARIABLE = "MPSK_EMULATOR_MAX_THREADS"
@@ -203,6 +206,7 @@ class EmulatedKernel:
         outputs): under initcheck, a read of one of their bytes not written first is an error."""
         casts = casts or {}
         grid, group = self._launch_shape(threads, group_size)
+        containment.check_grid(self.name, grid)
         self._check_attributes(len(threads))
         tg_sizes = self._threadgroup_sizes(threadgroup_memory)
         bindings = binding.bind(self.name, self.buffers, args, casts)
@@ -310,7 +314,7 @@ class EmulatedKernel:
                 key, start = value.untyped_storage().data_ptr(), value.data_ptr()
                 lo, hi = spans.get(key, (start, start))
                 spans[key] = (min(lo, start), max(hi, start + extent(value)))
-        staged = {key: Staged(lo, hi - lo) for key, (lo, hi) in spans.items()}
+        staged: dict[int, Staged] = {key: Staged(lo, hi - lo) for key, (lo, hi) in spans.items()}
         owners: dict[int, tuple[Staged, int, int, str]] = {}  # idx -> (staging, offset, length, what)
         dtypes: dict[int, torch.dtype] = {}
         for idx, value in bindings.items():
@@ -323,8 +327,20 @@ class EmulatedKernel:
             else:
                 s = staged[-idx - 1] = Staged(0, len(value), payload=value)
                 owners[idx] = (s, 0, len(value), f"a {len(value)}-byte scalar argument")
+        strides = {p.index: p.elem_size * (4 if p.lanes == 3 else p.lanes) for p in self.buffers}
+        order = list(staged.values())
+        with reserve([s.page_bytes for s in order], max(strides.values(), default=1)) as memory:
+            for s, start, view in zip(order, memory.starts, memory.views, strict=True):
+                s.place(start, view)
+            self._run_staged(staged, owners, dtypes, strides, memory, order, grid, group, runtime_owned, tg_sizes,
+                             uninitialized)
+
+    def _run_staged(self, staged, owners, dtypes, strides, memory, order, grid, group, runtime_owned,
+                    tg_sizes, uninitialized: set[int]) -> None:
+        """Runs the launch on staged copies in `memory`, under both schedules, and writes back."""
+        first_poison, second_poison = POISONS
         for s in staged.values():
-            s.refill()
+            s.refill(first_poison)
         nbuf = max([*owners, *(p.index for p in self.buffers)], default=-1) + 1
         # An unbound index is a null pointer: a kernel that touches it faults, and that is an error.
         pointers = [owners[i][0].addr + owners[i][1] if i in owners else None for i in range(nbuf)]
@@ -339,40 +355,46 @@ class EmulatedKernel:
         configure = self._range_table(owners, staged, checks or 0, uninitialized) if instrumented else None
         strict = LaunchFlag.STRICT if self._lib.strict else 0
         atomic_ranges: list[tuple[int, int, float]] = []
+        limit = containment.time_limit()
+        deadline = time.monotonic() + limit
+        sigint = containment.catches_sigint()
 
-        def run(flags: int) -> None:
-            flags |= strict
-            err = ctypes.create_string_buffer(1024)
-            fibers = LaunchFlag.FIBERS if self._fibers else 0
+        def launch(flags: int) -> int:
             if configure:
                 configure()
-            status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, tg_c, fibers | flags, err, len(err))
+            containment.prepare(dll, deadline - time.monotonic(), sigint)
+            return dll.mpsk_launch(self._entry, bufs, grid_c, group_c, tg_c, flags, err, len(err))
+
+        def run(flags: int, poison: int) -> None:
+            flags |= strict
+            fibers = LaunchFlag.FIBERS if self._fibers else 0
+            status = launch(fibers | flags)
             if status == Status.NEEDS_FIBERS:
                 self._fibers = True
                 for s in staged.values():
-                    s.refill()
-                if configure:
-                    configure()
-                status = dll.mpsk_launch(
-                    self._entry, bufs, grid_c, group_c, tg_c, LaunchFlag.FIBERS | flags, err, len(err)
-                )
+                    s.refill(poison)
+                status = launch(LaunchFlag.FIBERS | flags)
             if status != Status.OK:
-                message = err.value.decode(errors="replace")
-                raise KernelError(f"kernel '{self.name}': {message}; no argument was changed")
+                raise self._stopped(err.value.decode(errors="replace"), dll, memory, order, owners, strides, limit)
             atomic_ranges.extend(self._lib.atomic_ranges(dll))
+            for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
+                r = s.first_stray_write(poison)
+                if r is not None:
+                    raise KernelError(stray_write_message(self.name, s, r, owners, strides=strides))
 
-        run(0)
+        err = ctypes.create_string_buffer(1024)
+        run(0, first_poison)
         if recording:
             raw = (ctypes.c_ulong * sanitizer.NUM_COUNTERS)()
             dll.mpsk_san_counts(raw, sanitizer.NUM_COUNTERS)
             counters.add(counters.from_raw(self.name, grid, group, raw))
         first = {key: s.buf.clone() for key, s in staged.items()}
         for s in staged.values():
-            s.refill()
-        run(LaunchFlag.FLIP_SCHEDULE)
+            s.refill(second_poison)
+        run(LaunchFlag.FLIP_SCHEDULE, second_poison)
         for idx, (s, off, n, what) in sorted(owners.items()):
             key = next(k for k, v in staged.items() if v is s)
-            seg = slice(RED_ZONE + off, RED_ZONE + off + n)
+            seg = slice(s.head + off, s.head + off + n)
             if idx in runtime_owned or torch.equal(first[key][seg], s.buf[seg]):
                 continue
             if only_atomic_rounding(first[key][seg], s.buf[seg], s.addr + off, dtypes.get(idx), atomic_ranges):
@@ -381,15 +403,12 @@ class EmulatedKernel:
             raise KernelError(
                 f"kernel '{self.name}': argument {idx} ({what}) ends differently when the threads and "
                 f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
-                f"threadgroup_barrier, or threads writing the same element; no argument was changed"
+                f"threadgroup_barrier, threads writing the same element, or reads outside the buffers or of "
+                f"memory no thread wrote (the two runs fill those with different bytes); no argument was changed"
             )
         note = self._lib.undefined_note(dll)
         if note:
-            warnings.warn(f"kernel '{self.name}': {note}", UndefinedBehaviorWarning, stacklevel=4)
-        for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
-            r = s.first_stray_write()
-            if r is not None:
-                raise KernelError(stray_write_message(self.name, s, r, owners))
+            warnings.warn(f"kernel '{self.name}': {note}", UndefinedBehaviorWarning, stacklevel=5)
         for s in staged.values():
             s.write_back()
 
@@ -425,6 +444,23 @@ class EmulatedKernel:
         configure.keep = (table, init, writer)  # alive while the launch runs
         return configure
 
+    def _stopped(self, message: str, dll: ctypes.CDLL, memory: Reservation, order: list[Staged], owners: dict,
+                 strides: dict[int, int], limit: float) -> KernelError:
+        """The error for a launch that ended early: a fault in a buffer's guard names the argument."""
+        sig, address, write = containment.last_fault(dll)
+        known = containment.stopped(self.name, sig, limit)
+        if known is not None:
+            return known
+        hit = memory.locate(address) if sig == signal.SIGSEGV else None
+        if hit is not None:
+            i, offset = hit
+            s = order[i]
+            if any(o[0] is s for o in owners.values()):
+                access = {1: "wrote", 0: "read"}.get(write, "accessed")
+                where = " (in a guard page: nothing was touched)"
+                return KernelError(stray_write_message(self.name, s, offset - s.head, owners, access, strides, where))
+        return KernelError(f"kernel '{self.name}': {message}; no argument was changed")
+
 
 _abi_checked = False
 
@@ -445,6 +481,7 @@ class EmulatedLibrary:
         self._instrumented_dll: ctypes.CDLL | None = None
         dll = ctypes.CDLL(str(self.path))
         self._declare(dll)
+        containment.declare(dll)
         stacks.attach(dll)
         self._dll = dll
         self._check_abi()
@@ -468,6 +505,7 @@ class EmulatedLibrary:
             dll = ctypes.CDLL(str(path))
             self._declare(dll)
             sanitizer.declare(dll)
+            containment.declare(dll)
             stacks.attach(dll)
             self._instrumented_dll = dll
         return self._instrumented_dll

@@ -105,8 +105,10 @@ def test_symlinks_neither_stand_in_for_entries_nor_redirect_writes(cache_at, tmp
         EmulatedLibrary(other)
 
 
-@pytest.mark.parametrize("damage", ["empty", "zeroed header", "truncated"])
+@pytest.mark.parametrize("damage", ["empty", "zeroed header", "truncated", "changed inside", "one byte changed"])
 def test_a_damaged_entry_is_rebuilt_not_loaded(cache_at, damage):
+    """Loading a damaged library can kill the process (or give wrong results) before any of its code
+    runs, so every entry is checked against the digest recorded when it was built."""
     src = source()
     path = toolchain.build(src)
     data = path.read_bytes()
@@ -114,9 +116,15 @@ def test_a_damaged_entry_is_rebuilt_not_loaded(cache_at, damage):
         path.write_bytes(b"")
     elif damage == "zeroed header":
         path.write_bytes(bytes(64) + data[64:])
-    else:
+    elif damage == "truncated":
         path.write_bytes(data[: len(data) // 2])
-    assert toolchain.build(src) == path and cache.lookup(path) and path.stat().st_size > 64
+    elif damage == "changed inside":  # headers kept, everything after them overwritten
+        path.write_bytes(data[:64] + b"\xcc" * (len(data) - 64 - 4096) + data[-4096:])
+    else:
+        path.write_bytes(data[:1000] + bytes([data[1000] ^ 1]) + data[1001:])
+    damaged = path.read_bytes()
+    assert toolchain.build(src) == path and cache.lookup(path)
+    assert path.read_bytes() != damaged and path.stat().st_size > 64  # rebuilt (builds differ in a few bytes)
     assert runs(src)
 
 

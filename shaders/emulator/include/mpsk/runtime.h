@@ -21,6 +21,7 @@
 // The runtime is never instrumented (sanitizer.h): only the kernel's own accesses are checked.
 #pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
 
+#include "containment.h"
 #include "fiber.h"
 
 namespace mpsk_rt {
@@ -677,53 +678,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
 
 enum Status { kOk = 0, kError = 1, kNeedsFibers = 2 };
 
-// A kernel that faults (a pointer outside every buffer, a misaligned vector
-// access the cast check could not see, a fiber stack overflow) ends its launch
-// with an error instead of taking the host process down. The handler runs on
-// an alternate stack and jumps back to the launch.
-inline thread_local sigjmp_buf* fault_escape = nullptr;
-inline thread_local unsigned long fault_address = 0;
-
-inline void on_fault(int sig, siginfo_t* info, void*) {
-  if (!fault_escape) {
-    signal(sig, SIG_DFL);
-    raise(sig);
-    return;
-  }
-  fault_address = reinterpret_cast<unsigned long>(info->si_addr);
-  siglongjmp(*fault_escape, sig);
-}
-
-inline void ensure_signal_stack() {
-  stack_t current;
-  if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
-  constexpr unsigned long size = 64 * 1024;
-  stack_t ss;
-  ss.ss_sp = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ss.ss_size = size;
-  ss.ss_flags = 0;
-  sigaltstack(&ss, nullptr);
-}
-
-struct FaultGuard {
-  struct sigaction old_segv, old_bus;
-  explicit FaultGuard(sigjmp_buf* env) {
-    ensure_signal_stack();
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &old_segv);
-    sigaction(SIGBUS, &sa, &old_bus);
-    fault_escape = env;
-  }
-  ~FaultGuard() {
-    fault_escape = nullptr;
-    sigaction(SIGSEGV, &old_segv, nullptr);
-    sigaction(SIGBUS, &old_bus, nullptr);
-  }
-};
+// Faults, traps, the watchdog and SIGINT end a launch with an error: containment.h.
 
 enum Flags { kFibers = 1, kFlipSchedule = 2, kStrict = 4 };
 
@@ -758,9 +713,11 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   FaultGuard guard(&env);
   if (int sig = sigsetjmp(env, 1)) {
     launch.failed = false;
-    fail("the kernel faulted (%s at address 0x%lx) in %s: a pointer outside every buffer, a misaligned "
-         "access, or a stack overflow",
-         sig == SIGBUS ? "SIGBUS" : "SIGSEGV", fault_address, group_str());
+    if (sig == SIGSEGV || sig == SIGBUS)
+      fail("the kernel faulted (%s at address 0x%lx) in %s: %s", signal_name(sig), last_fault.addr, group_str(),
+           signal_reason(sig));
+    else
+      fail("the kernel stopped (%s) in %s: %s", signal_name(sig), group_str(), signal_reason(sig));
     L = outer;
     return kError;
   }
