@@ -54,20 +54,23 @@ def test_the_compiler_reads_nothing_from_stdin(tmp_path):
     """A compiler told to read stdin gets end-of-file at once, however this process's stdin is
     connected (here: a pipe nobody writes, which would block it forever)."""
     read, write = os.pipe()
+    os.write(write, b"int x;\n")  # what the compiler must not see (the pipe stays open: no end-of-file)
     saved = os.dup(0)
     os.dup2(read, 0)
     result = []
     worker = threading.Thread(target=lambda: result.append(toolchain._clang(["-E", "-x", "c++", "-"], str(tmp_path))))
     try:
         worker.start()
-        worker.join(60)
+        worker.join(30)
+        finished = not worker.is_alive()
     finally:
         os.dup2(saved, 0)
         os.close(write)  # unblocks a compiler that did read the pipe
         os.close(read)
         os.close(saved)
         worker.join()
-    assert result, "the compiler waited for stdin"
+    assert finished, "the compiler waited for stdin"
+    assert len(result) == 1 and "int x" not in result[0]
 
 
 def test_a_compiler_that_does_not_finish_is_stopped(monkeypatch):
