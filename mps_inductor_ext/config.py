@@ -6,6 +6,10 @@ or a value of the wrong type raises at once rather than being ignored.
     import mps_inductor_ext
     mps_inductor_ext.config.emulate_metal = True
     with mps_inductor_ext.config.patch(emulate_metal=False): ...
+
+Assignment sets a setting for the process. `patch` sets it for the calling thread only, until
+the block exits (assignments inside the block end with it too), so threads patching at once
+neither see nor undo each other's settings.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -187,12 +192,33 @@ def _validate(key: str, value: Any) -> Any:
     return value
 
 
+class _Patches(threading.local):
+    """The calling thread's active `patch` blocks, innermost last: each a dict of the settings it holds."""
+
+    def __init__(self):
+        self.frames: list[dict[str, Any]] = []
+
+
+_patches = _Patches()
+
+
 class _ConfigModule(types.ModuleType):
+    def __getattribute__(self, key: str) -> Any:
+        if key in _SETTING_NAMES:
+            for frame in reversed(_patches.frames):
+                if key in frame:
+                    return frame[key]
+        return super().__getattribute__(key)
+
     def __setattr__(self, key: str, value: Any) -> None:
         if key.startswith("_") or key in _MODULE_NAMES:
             super().__setattr__(key, value)
             return
-        super().__setattr__(key, _validate(key, value))
+        value = _validate(key, value)
+        if _patches.frames:
+            _patches.frames[-1][key] = value
+        else:
+            super().__setattr__(key, value)
 
     def __delattr__(self, key: str) -> None:
         raise AttributeError(f"config settings cannot be deleted ({key!r}); assign a value instead")
@@ -207,18 +233,17 @@ def snapshot() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def patch(**changes: Any) -> Iterator[None]:
-    """Temporarily changes settings; validated like assignment, restored on exit."""
-    mod = sys.modules[__name__]
+    """Changes settings for the calling thread until the block exits; validated like assignment."""
     validated = {k: _validate(k, v) for k, v in changes.items()}
-    before = snapshot()
+    frame = dict(validated)
+    _patches.frames.append(frame)
     try:
-        for k, v in validated.items():
-            setattr(mod, k, v)
         yield
     finally:
-        for k, v in before.items():
-            setattr(mod, k, v)
+        frames = _patches.frames
+        del frames[max(i for i, f in enumerate(frames) if f is frame)]
 
 
-_MODULE_NAMES = frozenset(globals()) - set(SETTINGS) | {"_MODULE_NAMES"}
+_SETTING_NAMES = frozenset(SETTINGS)
+_MODULE_NAMES = frozenset(globals()) - set(SETTINGS) | {"_MODULE_NAMES", "_SETTING_NAMES"}
 sys.modules[__name__].__class__ = _ConfigModule

@@ -118,6 +118,14 @@ def _dims(value, what: str) -> list[int]:
     return out
 
 
+class _Encoding(threading.local):
+    """One thread's command block and arguments: a compiled model, and so each of its kernels, may
+    run in several threads at once."""
+
+    args: dict[int, object] | None = None
+    in_block: bool = False
+
+
 class KernelFunction:
     """One kernel, driven the way AOTInductor's generated C++ drives the MPS shim."""
 
@@ -125,8 +133,23 @@ class KernelFunction:
         self.name = name
         self._fn = fn
         self._backend = backend
-        self._args: dict[int, object] | None = None
-        self._in_block = False
+        self._encoding = _Encoding()
+
+    @property
+    def _args(self) -> dict[int, object] | None:
+        return self._encoding.args
+
+    @_args.setter
+    def _args(self, value: dict[int, object] | None) -> None:
+        self._encoding.args = value
+
+    @property
+    def _in_block(self) -> bool:
+        return self._encoding.in_block
+
+    @_in_block.setter
+    def _in_block(self, value: bool) -> None:
+        self._encoding.in_block = value
 
     @property
     def max_threads_per_threadgroup(self) -> int:

@@ -10,12 +10,19 @@ lowerings installed, so the generated C++ launches the Metal kernels through the
 libtorch defines; the emulated shim is loaded first so those calls resolve against it. A package
 compiled for the `mps` device (on a Mac, or on the emulated mps device) also calls the ATen
 fallbacks of c_shim_mps.h, which the emulated device supplies (emulated_mps.c_shim).
+
+Those emulated shims call back into Python from inside the model's C++. libtorch's runner holds
+the GIL while it waits for a free model instance, so a second thread calling the same loaded
+package would wait there holding the GIL that the first needs for its callbacks: a deadlock. Such
+a package's calls are therefore serialized by a lock taken before entering C++ (waiting on it
+releases the GIL); one package runs one call at a time, as with libtorch's default of one instance.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -109,9 +116,29 @@ def aoti_load_package(package_path: str | os.PathLike) -> Callable[..., Any]:
             f"without a Mac's GPU, run it on the emulated mps device: mps_inductor_ext.emulate_mps_device() "
             f"(or MPSK_EMULATE_MPS=1) first"
         )
+    calls_python = False
     if needs_emulated_shim(path) and not emulated_shim.has_native_shim():
         emulated_shim.load()
+        calls_python = True
     if for_mps and installed():
         c_shim.load()
-    return torch._inductor.aoti_load_package(path)
+        calls_python = True
+    model = torch._inductor.aoti_load_package(path)
+    return SerializedModel(model) if calls_python else model
+
+
+class SerializedModel:
+    """A loaded package whose calls (which call back into Python) run one at a time: see the module
+    docstring. Everything else is the loaded model's."""
+
+    def __init__(self, model: Any):
+        self._model = model
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ..shaders.emulator import binding
+from ..shaders.emulator import binding, headers
 from . import build, launches, shader_library
 
 # Apple's published GPU core counts (the largest configuration of each chip), which
@@ -69,6 +69,7 @@ def _patch_python(mac_name: str, macos: tuple[int, int]) -> None:
     c._mps_currentAllocatedMemory = lambda: int(lib.mpsk_emulated_mps_allocated())
     c._mps_driverAllocatedMemory = lambda: int(lib.mpsk_emulated_mps_allocated())
     c._mps_compileShader = shader_library.compile_mps_shader
+    torch.mps.compile_shader = _checked_compile_shader(torch.mps.compile_shader)
     # Random ops on mps tensors run on the CPU, drawing from the CPU's generator: it is the mps one too.
     c._mps_get_default_generator = lambda: torch.default_generator
     # torch.backends.mps caches what it read from torch._C.
@@ -77,6 +78,19 @@ def _patch_python(mac_name: str, macos: tuple[int, int]) -> None:
         if hasattr(fn, "cache_clear"):
             fn.cache_clear()
     binding.HOST_MEMORY_DEVICES.add("mps")
+
+
+def _checked_compile_shader(compile_shader):
+    """torch.mps.compile_shader with the emulator's include check first: torch's header helper
+    inlines any file an absolute or `..` path names before the source reaches the emulator."""
+
+    def checked(source: str):
+        if isinstance(source, str):
+            headers.check_includes(source)
+        return compile_shader(source)
+
+    checked.__doc__ = compile_shader.__doc__
+    return checked
 
 
 def emulate_mps_device(mac: str = DEFAULT_MAC, macos: tuple[int, int] = DEFAULT_MACOS) -> None:

@@ -5,7 +5,9 @@ overflow faults instead of corrupting a neighbour. A library allocating its own 
 2048 memory mappings (a stack and its guard page, for each of 1024 threads) per library, and a
 process holding a few dozen libraries reaches Linux's limit of about 65000 mappings
 (vm.max_map_count), where every allocation fails. So each library asks the host for stack i of
-the calling thread (`mpsk_set_stack_provider`), and the host keeps one set per thread.
+the calling thread (`mpsk_set_stack_provider`), and the host keeps one set per thread, unmapped
+when that thread ends (a host calling kernels from many short-lived threads would otherwise keep
+every one's stacks: 260 KiB of address space per emulated thread).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 _local = threading.local()
@@ -34,8 +37,24 @@ def _allocate(i: int) -> int:
         return 0
 
 
+class _ThreadStacks(dict):
+    """One thread's stacks by index (the address above each guard page); unmapped when the thread
+    ends, as its threading.local storage goes."""
+
+    def __init__(self, mapping_bytes: int):
+        super().__init__()
+        self.mapping_bytes = mapping_bytes
+
+    def __del__(self, munmap=_libc.munmap, page=PAGE) -> None:  # bound now: __del__ may run at shutdown
+        for address in self.values():
+            munmap(address - page, self.mapping_bytes)
+        self.clear()
+
+
 def _stack(i: int) -> int:
-    stacks = _local.__dict__.setdefault("stacks", {})
+    stacks = _local.__dict__.get("stacks")
+    if stacks is None:
+        stacks = _local.stacks = _ThreadStacks(_stack_bytes + PAGE)
     address = stacks.get(i)
     if address is None:
         size = _stack_bytes + PAGE

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from . import cache, prepass
 from .cache import cache_dir, store
+from .headers import check_includes
 
 INCLUDE_DIR = Path(__file__).parent / "include"
+# Metal 3.1 (macOS 14), the oldest torch's MPS backend supports.
+METAL_VERSION = 310
 
 PREPROCESS_FLAGS = (
     "-E",
@@ -26,7 +29,7 @@ PREPROCESS_FLAGS = (
     "-std=c++20",
     "-nostdinc",
     "-nostdinc++",
-    "-D__METAL_VERSION__=310",
+    f"-D__METAL_VERSION__={METAL_VERSION}",
     "-D__METAL__=1",
     "-D__HAVE_BFLOAT__=1",
     "-D__HAVE_SIMDGROUP_MATRIX__=1",
@@ -46,6 +49,8 @@ COMPILE_FLAGS = (
     "-fvisibility=hidden",
     "-ffp-contract=off",
     "-ftrivial-auto-var-init=pattern",
+    # Metal has no variable-length arrays.
+    "-Werror=vla",
     # Misaligned typed accesses call the runtime's handler (a KernelError), as they
     # are undefined on the GPU.
     "-fsanitize=alignment",
@@ -137,6 +142,22 @@ def _compile_error(stderr: str, build_dir: str) -> SyntaxError:
     return err
 
 
+_LINE_MARKER = re.compile(r'^#\s*(?:line\s+)?\d+\s+"((?:\\.|[^"\\])*)"', re.M)
+
+
+def _check_sources(preprocessed: str, shader: Path) -> None:
+    """What `check_includes` cannot see (a `#line` or an include a macro names): the
+    preprocessor read only the shader and the Metal header stubs. Names the file, never quotes it."""
+    stub = str(INCLUDE_DIR / "stub") + os.sep
+    for m in _LINE_MARKER.finditer(preprocessed):
+        name = m.group(1)
+        if name in (str(shader), "<built-in>", "<command line>", "<scratch space>") or name.startswith(stub):
+            continue
+        line = preprocessed.count("\n", 0, m.start()) + 1
+        raise SyntaxError(f"shader.metal: error: the source refers to '{name}' (preprocessed line {line}): shaders "
+                          "may include only Metal's headers and torch's <c10/metal/...> headers")
+
+
 def library_path(source: str, constants: dict[str, bool | int | float] | None = None,
                  fast_math: bool = False, instrumented: bool = False) -> Path:
     """Where the library built from `source` with `constants` (fast-math or not, instrumented or not)
@@ -152,10 +173,20 @@ def library_path(source: str, constants: dict[str, bool | int | float] | None = 
     return cache_dir() / f"{key}.so"
 
 
+# A backstop: a compile that takes this long is stuck (reading a device, say), not slow.
+COMPILE_TIMEOUT_S = 900.0
+
+
 def _clang(args: list[str], tmp: str) -> str:
-    """Runs zig's clang in `tmp`; its stdout, or SyntaxError with its diagnostics (and the raw
-    diagnostics as the error's `stderr`)."""
-    proc = subprocess.run([zig_executable(), "c++", *args], capture_output=True, text=True, cwd=tmp, check=False)
+    """Runs zig's clang in `tmp`, reading nothing from this process's stdin and for at most
+    COMPILE_TIMEOUT_S; its stdout, or SyntaxError with its diagnostics (and the raw diagnostics
+    as the error's `stderr`)."""
+    try:
+        proc = subprocess.run([zig_executable(), "c++", *args], capture_output=True, text=True, cwd=tmp,
+                              stdin=subprocess.DEVNULL, timeout=COMPILE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"the Metal compiler (zig c++) did not finish in {COMPILE_TIMEOUT_S:g} s and was "
+                           "stopped") from None
     if proc.returncode != 0:
         err = _compile_error(proc.stderr, tmp)
         err.stderr = proc.stderr
@@ -220,6 +251,7 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None, *
         raise TypeError(f"shader source must be a str, got {type(source).__name__}")
     if not source.strip():
         raise ValueError("shader source is empty")
+    check_includes(source, names=False)  # which files are read is checked on the preprocessed text
     out = library_path(source, constants, fast_math, instrumented)
     if cache.lookup(out):
         return out
@@ -228,7 +260,9 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None, *
         src.write_text(source)
         fast = list(FAST_MATH_FLAGS) if fast_math else []
         preprocessed = _clang([*PREPROCESS_FLAGS, *fast, "-I", str(INCLUDE_DIR / "stub"), str(src)], tmp)
-        prepared = prepass.prepare(preprocessed, filename="shader.metal", constants=constants)
+        _check_sources(preprocessed, src)
+        prepared = prepass.prepare(preprocessed, filename="shader.metal", constants=constants,
+                                   metal_version=METAL_VERSION)
         cpp = Path(tmp) / "shader.cpp"
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"

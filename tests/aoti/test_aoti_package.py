@@ -186,15 +186,23 @@ def test_loading_a_file_that_is_not_a_package(tmp_path):
         mpsk.aoti_load_package(bogus)
 
 
-def test_a_failed_launch_is_reported_where_a_mac_would_hide_it(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def norm_package(tmp_path_factory):
+    """A one-kernel (rms_norm) package on the emulator, built once for the tests below."""
+    torch.manual_seed(0)
+    model, x = Norm(), torch.randn(3, 32)
+    with mpsk.config.patch(emulate_metal=True):
+        path = mpsk.aoti_compile_and_package(model, (x,), tmp_path_factory.mktemp("norm") / "norm.pt2")
+    return model, x, path
+
+
+def test_a_failed_launch_is_reported_where_a_mac_would_hide_it(norm_package, monkeypatch):
     """A Mac's run_command_block succeeds though a shim call inside it failed (its codes are ignored),
     so a launch that did not run would pass silently. The launch site checks every call's code."""
     from mps_inductor_ext.aoti import emulated_shim
     from mps_inductor_ext.shaders.runtime import KernelFunction
 
-    model, x = Norm(), torch.randn(3, 32)
-    with mpsk.config.patch(emulate_metal=True):
-        path = mpsk.aoti_compile_and_package(model, (x,), tmp_path / "norm.pt2")
+    model, x, path = norm_package
     loaded = mpsk.aoti_load_package(path)
     torch.testing.assert_close(loaded(x), model(x), rtol=TOL, atol=TOL)
 
@@ -205,3 +213,36 @@ def test_a_failed_launch_is_reported_where_a_mac_would_hide_it(tmp_path, monkeyp
     with emulated_shim.mac_faithful(), pytest.raises(RuntimeError):
         loaded(x)
     assert "maxTotalThreadsPerThreadgroup" in emulated_shim.last_error()
+
+
+TWO_THREADS = """
+import sys, threading, torch
+import mps_inductor_ext as mpsk
+loaded = mpsk.aoti_load_package(sys.argv[1])
+x = torch.load(sys.argv[2])
+expected = loaded(x)
+failures = []
+def run():
+    try:
+        for _ in range(5):
+            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+    except Exception as e:
+        failures.append(repr(e))
+threads = [threading.Thread(target=run) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("failures:", failures)
+"""
+
+
+def test_a_loaded_package_runs_from_two_threads(norm_package, tmp_path):
+    """libtorch's runner waits for its model instance holding the GIL, and the emulated shim's
+    callbacks need the GIL: two threads calling one package deadlocked until its calls were
+    serialized by a lock taken before entering C++. Run in a child process, so a deadlock is a
+    timeout here rather than a hung test run."""
+    _, x, path = norm_package
+    torch.save(x, tmp_path / "x.pt")
+    proc = subprocess.run([sys.executable, "-c", TWO_THREADS, path, str(tmp_path / "x.pt")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "failures: []" in proc.stdout, proc.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -105,6 +107,17 @@ def test_compile_shader_runs_on_the_emulator_with_mps_argument_rules():
         lib.scale(out, torch.arange(6.0), 1.0)
     with pytest.raises(SyntaxError):
         torch.mps.compile_shader("kernel void broken(")
+
+
+def test_compile_shader_includes_no_host_file():
+    """torch's own compile_shader inlines any file a path names before the source reaches the
+    emulator; on the emulated device the include check comes first, and the error quotes nothing."""
+    with pytest.raises(SyntaxError, match="'#include' of '/etc/hostname'") as err:
+        torch.mps.compile_shader('#include "/etc/hostname"\n' + SCALE)
+    if os.path.isfile("/etc/hostname"):
+        with open("/etc/hostname") as f:
+            name = f.read().strip()
+        assert len(name) < 6 or name not in str(err.value)
 
 
 def test_inductor_compiles_for_mps_and_its_metal_runs():

@@ -8,6 +8,7 @@ vectors converts in Metal and reinterprets in clang). The pre-pass runs on prepr
 stream, as PoCL splits its kernel compiler:
 
 - `source`: tokens, line mapping, and the edit list every pass writes to;
+- `restrictions`: what Metal's dialect leaves out of C++ (recursion, goto, the C library, ...);
 - `names`: Metal's type names and attributes, and the aliases a source declares;
 - `function_constants`: `[[function_constant(n)]]` declarations, specialized by the host;
 - `rewrites`: expressions (literals, vector conversions, casts, strings, braced arguments);
@@ -25,6 +26,7 @@ from .address_spaces import AddressSpaces
 from .entries import entry_table
 from .function_constants import FunctionConstant, FunctionConstants
 from .names import DISPATCH_ATTRIBUTES, VECTOR_TYPES
+from .restrictions import Restrictions
 from .rewrites import ExpressionRewrites
 from .signatures import Declarations, Entry, Kernel, Param
 from .source import Source, Token, tokenize
@@ -53,15 +55,18 @@ class Prepared:
 
 
 def prepare(
-    preprocessed: str, filename: str = "shader.metal", constants: dict[str, bool | int | float] | None = None
+    preprocessed: str, filename: str = "shader.metal", constants: dict[str, bool | int | float] | None = None,
+    metal_version: int = 310,
 ) -> Prepared:
     """Rewrites preprocessed Metal source, with function constants set by name as `constants`
-    says; raises SyntaxError for what Metal would reject."""
+    says; raises SyntaxError for what Metal (of `metal_version`, as __METAL_VERSION__ spells it)
+    would reject."""
     constants = constants or {}
     # `#pragma unroll(N)` loses N's macro between the preprocessor and the compiler; the count
     # is only a hint, so it goes (the line stays, so line numbers do too).
     preprocessed = _UNROLL.sub(r"\1", preprocessed)
     src = Source(preprocessed, filename)
+    Restrictions(src, metal_version).run()
     declared = FunctionConstants(src, constants).run()
     spaces = AddressSpaces(src)
     spaces.run()

@@ -69,15 +69,18 @@ inline void on_signal(int sig, siginfo_t* info, void* context) {
   siglongjmp(*fault_escape, sig);
 }
 
+// Records the signal stack so it is unmapped when its thread ends (runtime.h, thread_memory).
+inline void remember_signal_stack(void* stack);
+constexpr unsigned long kSignalStack = 64 * 1024;
+
 inline void ensure_signal_stack() {
   stack_t current;
   if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
-  constexpr unsigned long size = 64 * 1024;
   stack_t ss;
-  ss.ss_sp = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ss.ss_size = size;
+  ss.ss_sp = mmap(nullptr, kSignalStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ss.ss_size = kSignalStack;
   ss.ss_flags = 0;
-  sigaltstack(&ss, nullptr);
+  if (sigaltstack(&ss, nullptr) == 0) remember_signal_stack(ss.ss_sp);
 }
 
 // Installs the handlers and arms the watchdog for one launch; undoes both at its end.

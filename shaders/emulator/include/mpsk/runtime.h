@@ -10,6 +10,7 @@
 // there asks the host to run the launch again with fibers.
 #pragma once
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -557,13 +558,49 @@ inline P vector_pointer(Q q, unsigned line = __builtin_LINE()) {
 
 // ---- dispatch ------------------------------------------------------------------
 
-inline Thread* thread_pool() {
-  static thread_local Thread* pool = nullptr;
-  if (!pool) {
-    pool = static_cast<Thread*>(mmap(nullptr, sizeof(Thread) * kMaxThreadsPerGroup,
-                                     PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+// What a host thread maps for its launches (the Thread pool, the signal stack) is unmapped when
+// that thread ends, by a thread-specific key's destructor: a host calling kernels from many
+// short-lived threads would otherwise keep every one's.
+struct ThreadMemory {
+  Thread* pool = nullptr;
+  void* signal_stack = nullptr;
+};
+inline void release_thread_memory(void* p) {
+  ThreadMemory* m = static_cast<ThreadMemory*>(p);
+  if (m->pool) munmap(m->pool, sizeof(Thread) * kMaxThreadsPerGroup);
+  if (m->signal_stack) {
+    stack_t off;
+    memset(&off, 0, sizeof off);
+    off.ss_flags = SS_DISABLE;
+    sigaltstack(&off, nullptr);
+    munmap(m->signal_stack, kSignalStack);
   }
-  return pool;
+  m->pool = nullptr;
+  m->signal_stack = nullptr;
+}
+
+inline pthread_key_t thread_memory_key() {
+  static pthread_key_t key;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, [] { pthread_key_create(&key, release_thread_memory); });
+  return key;
+}
+
+inline ThreadMemory& thread_memory() {
+  static thread_local ThreadMemory m;
+  if (!pthread_getspecific(thread_memory_key())) pthread_setspecific(thread_memory_key(), &m);
+  return m;
+}
+
+inline void remember_signal_stack(void* stack) { thread_memory().signal_stack = stack; }
+
+inline Thread* thread_pool() {
+  ThreadMemory& m = thread_memory();
+  if (!m.pool) {
+    m.pool = static_cast<Thread*>(mmap(nullptr, sizeof(Thread) * kMaxThreadsPerGroup,
+                                       PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  }
+  return m.pool;
 }
 
 // Fiber stacks, each above a guard page so an overflow faults instead of

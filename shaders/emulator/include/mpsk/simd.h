@@ -51,6 +51,13 @@ inline void out(Thread* t, const T& v) {
 
 inline void poison(Thread* t) { memset(t->out, mpsk_rt::kPoison, sizeof t->out); }
 
+// Metal's SIMD- and quad-group functions take scalars and vectors of 8-, 16- and 32-bit types;
+// a 64-bit value goes through as_type<uint2> (as c10's and MLX's 64-bit reductions do).
+template <class T>
+inline constexpr bool metal_lane_type = sizeof(typename vinfo<T>::elem) <= 4;
+#define MPSK_LANE_TYPE(what) \
+  static_assert(simd_detail::metal_lane_type<T>, what " on a 64-bit type: Metal has none (use as_type<uint2>)")
+
 template <class T>
 inline T call(const T& x, long iarg, mpsk_rt::CombineFn fn, const mpsk_rt::Site& site) {
   static_assert(sizeof(T) <= sizeof(Thread::in), "SIMD-group function on a type wider than 32 bytes");
@@ -87,15 +94,17 @@ struct Prod {
   template <class T> static T apply(const T& a, const T& b) { return a * b; }
   template <class T> static T identity(const T&) { return T(1); }
 };
-// NaN wins, so a NaN in any lane is never hidden by the reduction.
+// As fmax and fmin (MSL specification, SIMD-group functions): a NaN lane is ignored, and the
+// result is NaN only when every lane is; a kernel that needs NaN to propagate checks for it (as
+// c10's simd_max does with simd_any(isnan(...))).
 struct Max {
   template <class T> static T apply(const T& a, const T& b) {
-    return lanewise(a, b, [](auto x, auto y) { return isnan_(x) ? x : (isnan_(y) || y > x) ? y : x; });
+    return lanewise(a, b, [](auto x, auto y) { return isnan_(x) ? y : (isnan_(y) || !(y > x)) ? x : y; });
   }
 };
 struct Min {
   template <class T> static T apply(const T& a, const T& b) {
-    return lanewise(a, b, [](auto x, auto y) { return isnan_(x) ? x : (isnan_(y) || y < x) ? y : x; });
+    return lanewise(a, b, [](auto x, auto y) { return isnan_(x) ? y : (isnan_(y) || !(y < x)) ? x : y; });
   }
 };
 struct And {
@@ -329,10 +338,12 @@ void quad_shuffle_shift(Thread* const* lanes, int n) {
 #define MPSK_SIMD_REDUCE(name, Op)                                                     \
   template <class T>                                                                   \
   inline T simd_##name(T x, MPSK_SITE_PARAMS) {                                        \
+    MPSK_LANE_TYPE("simd_" #name);                                                     \
     return simd_detail::call(x, 0, simd_detail::reduce<T, simd_detail::Op>, MPSK_SITE("simd_" #name)); \
   }                                                                                    \
   template <class T>                                                                   \
   inline T quad_##name(T x, MPSK_SITE_PARAMS) {                                        \
+    MPSK_LANE_TYPE("quad_" #name);                                                     \
     return simd_detail::call(x, 0, simd_detail::quad_reduce<T, simd_detail::Op>, MPSK_SITE("quad_" #name)); \
   }
 MPSK_SIMD_REDUCE(sum, Sum)
@@ -347,12 +358,14 @@ MPSK_SIMD_REDUCE(xor, Xor)
 // simd_prod is this project's older spelling; Metal's name is simd_product.
 template <class T>
 inline T simd_prod(T x, MPSK_SITE_PARAMS) {
+  MPSK_LANE_TYPE("simd_product");
   return simd_detail::call(x, 0, simd_detail::reduce<T, simd_detail::Prod>, MPSK_SITE("simd_product"));
 }
 
 #define MPSK_SIMD_PREFIX(name, Op, inclusive)                                                  \
   template <class T>                                                                           \
   inline T name(T x, MPSK_SITE_PARAMS) {                                                       \
+    MPSK_LANE_TYPE(#name);                                                                     \
     return simd_detail::call(x, 0, simd_detail::prefix<T, simd_detail::Op, inclusive>, MPSK_SITE(#name)); \
   }
 MPSK_SIMD_PREFIX(simd_prefix_inclusive_sum, Sum, true)
@@ -364,6 +377,7 @@ MPSK_SIMD_PREFIX(simd_prefix_exclusive_product, Prod, false)
 #define MPSK_SIMD_SHUFFLE(name, fn)                                                      \
   template <class T>                                                                     \
   inline T name(T x, ushort arg, MPSK_SITE_PARAMS) {                                     \
+    MPSK_LANE_TYPE(#name);                                                               \
     return simd_detail::call(x, (long)arg, fn, MPSK_SITE(#name));                        \
   }
 MPSK_SIMD_SHUFFLE(simd_shuffle, simd_detail::shuffle<T>)
@@ -384,6 +398,7 @@ namespace simd_detail {
 template <class T, int Dir>
 inline T fill_call(T data, T filling, ushort delta, ushort modulo, const mpsk_rt::Site& site) {
   static_assert(sizeof(T) <= 16, "simd_shuffle_and_fill on a type wider than 16 bytes");
+  MPSK_LANE_TYPE("simd_shuffle_and_fill");
   if (modulo == 0 || modulo > mpsk_rt::kSimdWidth || (modulo & (modulo - 1)) || delta >= modulo)
     mpsk_rt::trap("%s (line %u): modulo must be a power of two up to %d and delta below it, got delta %u "
                   "modulo %u",
