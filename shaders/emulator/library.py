@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KernelError, UndefinedBehaviorWarning
-from . import abi, binding, reports, stacks, toolchain
+from . import abi, binding, counters, reports, sanitizer, stacks, toolchain
 from .abi import LaunchFlag, ParamKind, Status
 from .prepass import DISPATCH_ATTRIBUTES
 from .staging import RED_ZONE, Staged, extent, only_atomic_rounding, stray_write_message
@@ -142,12 +142,14 @@ class EmulatedKernel:
 
     # -- the compile_shader convenience call ----------------------------------------
     def __call__(
-        self, *args, threads=None, group_size=None, arg_casts=None, error_buf_idx=None, threadgroup_memory=None
+        self, *args, threads=None, group_size=None, arg_casts=None, error_buf_idx=None, threadgroup_memory=None,
+        uninitialized=None,
     ) -> None:
         """torch's `_mps_MetalKernel.__call__`. `error_buf_idx` binds the error-report buffer of
         c10/metal/error.h at that index (Inductor passes it for kernels that check indices); a
         report raises here, where torch raises at the next synchronize. `threadgroup_memory`
-        ({k: nbytes} for [[threadgroup(k)]] parameters) is the emulator's own addition."""
+        ({k: nbytes} for [[threadgroup(k)]] parameters) and `uninitialized` (argument indices whose
+        bytes the host never wrote, for initcheck: sanitizer.py) are the emulator's own additions."""
         casts = binding.parse_casts(self.name, arg_casts, args)
         threads_dims = binding.normalize_dims(threads, "threads", self.name)
         if threads_dims is None:
@@ -163,7 +165,8 @@ class EmulatedKernel:
         group_dims = binding.normalize_dims(group_size, "group_size", self.name)
         bound = dict(enumerate(args))
         if error_buf_idx is None:
-            self.dispatch(bound, threads_dims, group_dims, casts, threadgroup_memory=threadgroup_memory)
+            self.dispatch(bound, threads_dims, group_dims, casts, threadgroup_memory=threadgroup_memory,
+                          uninitialized=uninitialized)
             return
         if isinstance(error_buf_idx, bool) or not isinstance(error_buf_idx, int) or error_buf_idx < 0:
             raise TypeError(f"kernel '{self.name}': error_buf_idx must be a non-negative int, got {error_buf_idx!r}")
@@ -172,7 +175,8 @@ class EmulatedKernel:
         errors = reports.new_error_buffer()
         bound[error_buf_idx] = errors
         self.dispatch(
-            bound, threads_dims, group_dims, casts, runtime_owned={error_buf_idx}, threadgroup_memory=threadgroup_memory
+            bound, threads_dims, group_dims, casts, runtime_owned={error_buf_idx},
+            threadgroup_memory=threadgroup_memory, uninitialized=uninitialized,
         )
         reports.raise_reported_errors(self.name, errors)
 
@@ -185,18 +189,36 @@ class EmulatedKernel:
         casts: dict[int, str] | None = None,
         runtime_owned: set[int] | None = None,
         threadgroup_memory: dict[int, int] | None = None,
+        uninitialized: set[int] | None = None,
     ) -> None:
         """Runs the kernel with `args` bound by buffer index; nothing changes if it fails.
 
         Indices may have holes where the kernel has no buffer or an optional one (behind a
         function constant that is off). `runtime_owned` names buffers the runtime binds for
-        itself (the error-report buffer): their bytes may differ between the two schedules."""
+        itself (the error-report buffer): their bytes may differ between the two schedules.
+        `uninitialized` names tensor arguments whose bytes the host never wrote (torch.empty
+        outputs): under initcheck, a read of one of their bytes not written first is an error."""
         casts = casts or {}
         grid, group = self._launch_shape(threads, group_size)
         self._check_attributes(len(threads))
         tg_sizes = self._threadgroup_sizes(threadgroup_memory)
         bindings = binding.bind(self.name, self.buffers, args, casts)
-        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes)
+        uninit = self._uninitialized(uninitialized, bindings)
+        self._launch(bindings, grid, group, runtime_owned or set(), tg_sizes, uninit)
+
+    def _uninitialized(self, indices, bindings: dict[int, object]) -> set[int]:
+        if indices is None:
+            return set()
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"kernel '{self.name}': uninitialized must be a set of argument indices, got {indices!r}")
+        out = set()
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"kernel '{self.name}': uninitialized entries must be ints, got {i!r}")
+            if not isinstance(bindings.get(i), torch.Tensor):
+                raise ValueError(f"kernel '{self.name}': uninitialized names argument {i}, which is not a tensor")
+            out.add(i)
+        return out
 
     def _threadgroup_sizes(self, sizes) -> list[int]:
         """Bytes of each [[threadgroup(k)]] parameter, checked: Metal needs them set, in 16-byte steps."""
@@ -275,6 +297,7 @@ class EmulatedKernel:
         group: list[int],
         runtime_owned: set[int],
         tg_sizes: list[int],
+        uninitialized: set[int] = frozenset(),
     ) -> None:
         spans: dict[int, tuple[int, int]] = {}  # storage address -> covered [lo, hi)
         for value in bindings.values():
@@ -304,7 +327,11 @@ class EmulatedKernel:
         grid_c = (ctypes.c_uint * 3)(*grid)
         group_c = (ctypes.c_uint * 3)(*group)
         tg_c = (ctypes.c_ulong * abi.MAX_THREADGROUP_PARAMS)(*tg_sizes)
-        dll = self._lib._dll
+        checks = sanitizer.active_checks()
+        recording = counters.recording()
+        instrumented = checks is not None or recording
+        dll = self._lib.instrumented_dll() if instrumented else self._lib._dll
+        configure = self._range_table(owners, staged, checks or 0, uninitialized) if instrumented else None
         strict = LaunchFlag.STRICT if self._lib.strict else 0
         atomic_ranges: list[tuple[int, int, float]] = []
 
@@ -312,20 +339,28 @@ class EmulatedKernel:
             flags |= strict
             err = ctypes.create_string_buffer(1024)
             fibers = LaunchFlag.FIBERS if self._fibers else 0
+            if configure:
+                configure()
             status = dll.mpsk_launch(self._entry, bufs, grid_c, group_c, tg_c, fibers | flags, err, len(err))
             if status == Status.NEEDS_FIBERS:
                 self._fibers = True
                 for s in staged.values():
                     s.refill()
+                if configure:
+                    configure()
                 status = dll.mpsk_launch(
                     self._entry, bufs, grid_c, group_c, tg_c, LaunchFlag.FIBERS | flags, err, len(err)
                 )
             if status != Status.OK:
                 message = err.value.decode(errors="replace")
                 raise KernelError(f"kernel '{self.name}': {message}; no argument was changed")
-            atomic_ranges.extend(self._lib.atomic_ranges())
+            atomic_ranges.extend(self._lib.atomic_ranges(dll))
 
         run(0)
+        if recording:
+            raw = (ctypes.c_ulong * counters.NUM_COUNTERS)()
+            dll.mpsk_san_counts(raw, counters.NUM_COUNTERS)
+            counters.add(counters.from_raw(self.name, grid, group, raw))
         first = {key: s.buf.clone() for key, s in staged.items()}
         for s in staged.values():
             s.refill()
@@ -343,7 +378,7 @@ class EmulatedKernel:
                 f"threadgroups run in another order (first at byte {int(differ[0])}): a missing "
                 f"threadgroup_barrier, or threads writing the same element; no argument was changed"
             )
-        note = self._lib.undefined_note()
+        note = self._lib.undefined_note(dll)
         if note:
             warnings.warn(f"kernel '{self.name}': {note}", UndefinedBehaviorWarning, stacklevel=4)
         for s in dict.fromkeys(o[0] for _, o in sorted(owners.items())):
@@ -352,6 +387,38 @@ class EmulatedKernel:
                 raise KernelError(stray_write_message(self.name, s, r, owners))
         for s in staged.values():
             s.write_back()
+
+    def _range_table(self, owners: dict, staged: dict, checks: int, uninitialized: set[int]):
+        """A function that resets the shadows and hands the instrumented runtime this launch's
+        range table (sanitizer.RangeStruct per argument), to call before each run."""
+        if len(owners) > sanitizer.MAX_RANGES:
+            raise ValueError(f"kernel '{self.name}': the instrumented build checks at most "
+                             f"{sanitizer.MAX_RANGES} arguments, got {len(owners)}")
+        spaces = {p.index: p.addr_space for p in self.buffers}
+        read_only = {p.index for p in self.buffers if p.is_const or p.addr_space == abi.AddressSpace.CONSTANT}
+        sizes = {p.index: p.elem_size * (4 if p.lanes == 3 else p.lanes) for p in self.buffers}
+        init = {id(s): torch.zeros((s.length + 7) // 8 + 1, dtype=torch.uint8) for s in staged.values()}
+        race = sanitizer.Check.RACECHECK & checks
+        writer = {id(s): torch.zeros(max(s.length, 1), dtype=torch.int64) for s in staged.values()} if race else {}
+        table = (sanitizer.RangeStruct * max(len(owners), 1))()
+        for k, (idx, (s, off, n, _)) in enumerate(sorted(owners.items())):
+            r = table[k]
+            r.lo, r.hi, r.base = s.addr + off, s.addr + off + n, s.addr
+            r.init = init[id(s)].data_ptr()
+            r.writer = writer[id(s)].data_ptr() if race else None
+            r.index, r.elem_size = idx, max(sizes.get(idx, 1), 1)
+            r.space = spaces.get(idx, abi.AddressSpace.DEVICE) or abi.AddressSpace.DEVICE
+            r.uninitialized = int(idx in uninitialized)
+            r.read_only = int(idx in read_only or idx not in spaces)
+        dll = self._lib.instrumented_dll()
+
+        def configure() -> None:
+            for t in (*init.values(), *writer.values()):
+                t.zero_()
+            dll.mpsk_san_configure(table, len(owners), int(checks))
+
+        configure.keep = (table, init, writer)  # alive while the launch runs
+        return configure
 
 
 _abi_checked = False
@@ -370,6 +437,7 @@ class EmulatedLibrary:
         self.constants = dict(constants or {})
         self.fast_math = fast_math_enabled() if fast_math is None else fast_math
         self.path = toolchain.build(source, self.constants, fast_math=self.fast_math)
+        self._instrumented_dll: ctypes.CDLL | None = None
         dll = ctypes.CDLL(str(self.path))
         self._declare(dll)
         stacks.attach(dll)
@@ -380,6 +448,17 @@ class EmulatedLibrary:
             name = dll.mpsk_entry_name(e).decode()
             self._kernels[name] = EmulatedKernel(self, e, name)
         self._specializations: dict[tuple, EmulatedLibrary] = {}
+
+    def instrumented_dll(self) -> ctypes.CDLL:
+        """The instrumented build of this library (sanitizer.py), built and loaded at first use."""
+        if self._instrumented_dll is None:
+            path = toolchain.build(self.source, self.constants, fast_math=self.fast_math, instrumented=True)
+            dll = ctypes.CDLL(str(path))
+            self._declare(dll)
+            sanitizer.declare(dll)
+            stacks.attach(dll)
+            self._instrumented_dll = dll
+        return self._instrumented_dll
 
     @staticmethod
     def _declare(dll: ctypes.CDLL) -> None:
@@ -467,17 +546,19 @@ class EmulatedLibrary:
             self._specializations[key] = EmulatedLibrary(self.source, self.strict, named, self.fast_math)
         return self._specializations[key]
 
-    def atomic_ranges(self) -> list[tuple[int, int, float]]:
-        """[lo, hi) addresses changed by atomic read-modify-writes in the last launch, each with the
-        sum over its float operations of their largest magnitude (0 for integer ones)."""
+    def atomic_ranges(self, dll: ctypes.CDLL | None = None) -> list[tuple[int, int, float]]:
+        """[lo, hi) addresses changed by atomic read-modify-writes in the last launch (of `dll`, this
+        library's plain build or its instrumented one), each with the sum over its float operations
+        of their largest magnitude (0 for integer ones)."""
+        dll = dll or self._dll
         out = (ctypes.c_ulong * (2 * abi.MAX_ATOMIC_RANGES))()
         scale = (ctypes.c_double * abi.MAX_ATOMIC_RANGES)()
-        n = min(self._dll.mpsk_atomic_ranges(out, scale, abi.MAX_ATOMIC_RANGES), abi.MAX_ATOMIC_RANGES)
+        n = min(dll.mpsk_atomic_ranges(out, scale, abi.MAX_ATOMIC_RANGES), abi.MAX_ATOMIC_RANGES)
         return [(out[2 * i], out[2 * i + 1], scale[i]) for i in range(n)]
 
-    def undefined_note(self) -> str:
-        """The first undefined (but not erroneous) act of the last launch, or ''."""
-        return self._dll.mpsk_undefined_note().decode(errors="replace")
+    def undefined_note(self, dll: ctypes.CDLL | None = None) -> str:
+        """The first undefined (but not erroneous) act of the last launch (of `dll`), or ''."""
+        return (dll or self._dll).mpsk_undefined_note().decode(errors="replace")
 
 
 _INT_TYPES = {"char", "uchar", "short", "ushort", "int", "uint", "long", "ulong", "int8_t", "uint8_t", "int16_t",

@@ -66,6 +66,24 @@ COMPILE_FLAGS = (
 FAST_MATH_FLAGS = ("-ffast-math", "-ffp-contract=fast", "-Wno-nan-infinity-disabled")
 
 
+# The instrumented build (sanitizer.h): every load and store of kernel code calls the runtime's
+# checks first. Kernel-address instrumentation links no runtime library (the callbacks are in
+# sanitizer.h); clang instruments only generic memory, so that build makes every address space
+# generic (address-space mix-ups were already reported by the fast build of the same source).
+INSTRUMENT_FLAGS = (
+    "-fsanitize=kernel-address",
+    "-mllvm", "-asan-instrumentation-with-call-threshold=0",
+    "-mllvm", "-asan-stack=0",
+    "-mllvm", "-asan-globals=0",
+    "-mllvm", "-asan-kernel-mem-intrinsic-prefix",
+    # A store to an address already checked for a load in the same block is still reported (ASan's
+    # shadow check would be the same; ours counts it, and a store is what marks bytes written).
+    "-mllvm", "-asan-opt-same-temp=0",
+    "-DMPSK_INSTRUMENTED",
+    "-DMPSK_GENERIC_SPACES",
+)
+
+
 @functools.cache
 def zig_executable() -> str:
     try:
@@ -120,11 +138,14 @@ def _compile_error(stderr: str, build_dir: str) -> SyntaxError:
 
 
 def library_path(source: str, constants: dict[str, bool | int | float] | None = None,
-                 fast_math: bool = False) -> Path:
-    """Where the library built from `source` with `constants` (and in fast-math mode or not) is cached."""
+                 fast_math: bool = False, instrumented: bool = False) -> Path:
+    """Where the library built from `source` with `constants` (fast-math or not, instrumented or not)
+    is cached."""
     text = _toolchain_fingerprint() + "\0" + source
     if fast_math:
         text += "\0fast-math"
+    if instrumented:
+        text += "\0instrumented"
     if constants:
         text += "\0" + repr(sorted((k, type(v).__name__, v) for k, v in constants.items()))
     key = hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -184,10 +205,13 @@ def _space_mismatch(stderr: str) -> bool:
     return False
 
 
-def build(source: str, constants: dict[str, bool | int | float] | None = None, *, fast_math: bool = False) -> Path:
+def build(source: str, constants: dict[str, bool | int | float] | None = None, *, fast_math: bool = False,
+          instrumented: bool = False) -> Path:
     """Returns the path of the built library for `source` (function constants set by name as
     `constants` says), compiling it if not cached. `fast_math` compiles it with FAST_MATH_FLAGS; the
     runtime's checks do not depend on it (they compare bytes and addresses, never float values).
+    `instrumented` makes the checked variant (INSTRUMENT_FLAGS, sanitizer.h): build the plain one
+    first, which reports the source's errors as Metal would.
 
     Raises SyntaxError with the compiler's message when the source does not compile,
     as torch.mps.compile_shader does.
@@ -196,7 +220,7 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None, *
         raise TypeError(f"shader source must be a str, got {type(source).__name__}")
     if not source.strip():
         raise ValueError("shader source is empty")
-    out = library_path(source, constants, fast_math)
+    out = library_path(source, constants, fast_math, instrumented)
     if cache.lookup(out):
         return out
     with tempfile.TemporaryDirectory(prefix="mpsk-build-") as tmp:
@@ -209,6 +233,10 @@ def build(source: str, constants: dict[str, bool | int | float] | None = None, *
         cpp.write_text('#include "mpsk/metal.h"\n' + prepared.source)
         tmp_out = Path(tmp) / "lib.so"
         compile_args = [*COMPILE_FLAGS, *fast, "-I", str(INCLUDE_DIR), str(cpp), "-o", str(tmp_out)]
+        if instrumented:
+            _clang([*compile_args, *INSTRUMENT_FLAGS], tmp)
+            store(out, tmp_out.read_bytes())
+            return out
         try:
             _clang([*compile_args, "-ferror-limit=0"], tmp)
         except SyntaxError as first:

@@ -9,6 +9,10 @@
 // a tolerance instead of exactly (see library.py).
 #pragma once
 
+// Not instrumented: an atomic is checked and counted whole by san_atomic (sanitizer.h), and is
+// never a race.
+#pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
+
 namespace metal {
 
 enum memory_order : int {
@@ -70,7 +74,9 @@ inline value_t<P>* slot(P* obj) {
   // Generic (0) too: an atomic member of a class in device memory arrives without its
   // address space, which the pre-pass drops for class types (prepass/address_spaces.py).
   static_assert(mpsk_rt::as_of<__remove_cv(P)>::value != 2, "Metal atomics cannot live in constant memory");
-  return &((object<P>*)(unsigned long)obj)->value_;
+  value_t<P>* s = &((object<P>*)(unsigned long)obj)->value_;
+  mpsk_rt::san_atomic(s, sizeof(value_t<P>));
+  return s;
 }
 
 template <class T>
@@ -151,3 +157,5 @@ MPSK_ATOMIC_RMW(max, (v > old ? v : old))
 inline void atomic_thread_fence(mem_flags, memory_order, thread_scope = thread_scope::thread_scope_device) {}
 
 }  // namespace metal
+
+#pragma clang attribute pop

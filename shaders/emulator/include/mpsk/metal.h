@@ -13,6 +13,7 @@
 #include "packed.h"
 #include "internals.h"
 #include "exports.h"
+#include "sanitizer.h"
 
 // Metal has no double; the pre-pass reports it, this catches what it cannot see.
 #define double __metal_has_no_double

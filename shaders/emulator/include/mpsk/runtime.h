@@ -18,9 +18,18 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+// The runtime is never instrumented (sanitizer.h): only the kernel's own accesses are checked.
+#pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
+
 #include "fiber.h"
 
 namespace mpsk_rt {
+
+// Hooks of the instrumented build (sanitizer.h); empty in the fast one.
+inline void san_launch_begin();
+inline void san_group_begin();
+inline void san_epoch();
+inline void san_atomic(const void* p, unsigned long n);
 
 constexpr int kSimdWidth = 32;
 constexpr int kMaxThreadsPerGroup = 1024;
@@ -276,6 +285,8 @@ using in_space = metal::conditional_t<((__is_class(__remove_cv(X)) || __is_union
 
 // Clang cannot copy a class object in device, constant or threadgroup memory; the pre-pass
 // routes whole-object copies of plain-data classes through these, as Metal copies them.
+// They are the kernel's own accesses, so the instrumented build checks them.
+#pragma clang attribute pop
 template <class A>
 inline typename metal::remove_cvas<A>::type load(const A& a) {
   typename metal::remove_cvas<A>::type r;
@@ -288,6 +299,7 @@ inline void store(A& dst, const B& src) {
                 "store of one class into another");
   __builtin_memcpy((void*)(unsigned long)&dst, (const void*)(unsigned long)&src, sizeof src);
 }
+#pragma clang attribute push(__attribute__((no_sanitize("kernel-address"))), apply_to = function)
 
 // ---- function constants the host did not set -------------------------------------
 
@@ -619,6 +631,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
   Thread* threads = thread_pool();
   L->ntg = 0;
   L->tg_used = 0;
+  san_group_begin();
   if (!L->fibers) {
     if (setjmp(L->escape)) return false;
     for (int k = 0; k < n; ++k) {
@@ -650,6 +663,7 @@ inline bool run_group(const unsigned* actual, bool forward_first) {
     for (int i = 0; i < n; ++i) done += threads[i].st == St::Done;
     if (done == n) break;
     if (!resolve(threads)) return false;
+    san_epoch();
   }
   return check_tg_red_zones();
 }
@@ -730,6 +744,7 @@ inline int launch(void (*entry)(void**), void** bufs, const unsigned* grid, cons
   L = &launch;
   num_atomic_ranges = 0;
   undefined_note[0] = 0;
+  san_launch_begin();
   int status = kOk;
   const unsigned long total = (unsigned long)launch.ngroups[0] * launch.ngroups[1] * launch.ngroups[2];
   sigjmp_buf env;
@@ -939,6 +954,8 @@ inline constexpr AbiValue kAbi[] = {
 };
 
 }  // namespace mpsk_rt
+
+#pragma clang attribute pop
 
 extern "C" {
 [[noreturn]] inline __attribute__((used)) void __ubsan_handle_type_mismatch_v1(mpsk_rt::UbsanMismatch* d,
