@@ -1,11 +1,11 @@
 // Scaled dot-product attention, fp32 accumulation, GQA by index (kv_head = head / group).
 //
-//   attn_prefill      flash-style, scalar: BLOCK_Q queries of one (batch, head) per threadgroup;
-//                     K/V tiles of BLOCK_KV keys staged in threadgroup memory; online softmax.
-//                     Any head dims (the host takes it where the matrix kernel cannot).
-//   attn_prefill_mma  the same on the matrix units (PREFILL_MATRIX; head dims multiples of 8):
-//                     each SIMD-group owns 8 query rows (PREFILL_SIMD * 8 per threadgroup), Q K^T
-//                     and P V are simdgroup_matrix 8x8 products accumulated in fp32.
+//   attn_prefill      flash-style: BLOCK_Q queries of one (batch, head) per threadgroup; K/V
+//                     tiles of BLOCK_KV keys staged in threadgroup memory; online softmax. Two
+//                     bodies: with PREFILL_MATRIX (head dims multiples of 8) on the matrix units,
+//                     each SIMD-group owning 8 query rows (BLOCK_Q = PREFILL_SIMD * 8), Q K^T and
+//                     P V simdgroup_matrix 8x8 products accumulated in fp32; without it scalar,
+//                     for any head dims.
 //   attn_decode       Sq <= DECODE_MAX_Q: one threadgroup per (batch, DECODE_HEADS query heads,
 //                     partition); with DECODE_HEADS = group every query head of a GQA group
 //                     shares it, so each K/V row is read from device memory once per pass of
@@ -101,6 +101,7 @@ inline float key_weight(float s, float m) {
 #define PREFILL_THREADS (PREFILL_SIMD * 32)
 #define ROWS_PER_SIMD (BLOCK_Q / PREFILL_SIMD)
 
+#if !PREFILL_MATRIX
 template <typename T>
 kernel void attn_prefill(device T* out, ATTN_INPUTS, ATTN_IDS) {
   threadgroup float qs[BLOCK_Q * HEAD_DIM];
@@ -193,6 +194,8 @@ kernel void attn_prefill(device T* out, ATTN_INPUTS, ATTN_IDS) {
   }
 }
 
+#endif
+
 #if PREFILL_MATRIX
 #define MMA_ROWS (PREFILL_SIMD * 8)  // queries per threadgroup: 8 per SIMD-group
 #define D_FRAGS (HEAD_DIM / 8)
@@ -207,7 +210,7 @@ typedef simdgroup_matrix<float, 8, 8> frag8;
 // online softmax are applied row by row; the running output is rescaled by a diagonal product,
 // so nothing depends on which lane holds which matrix element.
 template <typename T>
-kernel void attn_prefill_mma(device T* out, ATTN_INPUTS, ATTN_IDS) {
+kernel void attn_prefill(device T* out, ATTN_INPUTS, ATTN_IDS) {
   threadgroup float ks[BLOCK_KV * HEAD_DIM];
   threadgroup float vs[BLOCK_KV * HEAD_DIM_V];
   threadgroup float ss[PREFILL_SIMD * 8 * BLOCK_KV];  // per SIMD-group: scores, then probabilities
@@ -457,29 +460,44 @@ kernel void attn_decode(DECODE_OUTPUTS, ATTN_INPUTS, constant long& part_size, A
 
 // Grid (B * Hq * Sq * 32) in groups of 32: one SIMD-group per query row merges its partitions,
 // each a normalized output weighted by its sum of exponentials relative to the common maximum.
+// Partition p's max and sum are read by lane p % 32 (once for the common max and sum, once for
+// its weight), its outputs once; the weights reach the other lanes by shuffle.
 template <typename T>
 kernel void attn_reduce(device T* out, const device float* part_m, const device float* part_l, const device T* part_o,
                         constant long& n_part, uint row [[threadgroup_position_in_grid]],
                         uint lane [[thread_index_in_threadgroup]]) {
   const long base = long(row) * n_part;
-  float mx = FINITE_MIN;
-  for (long p = 0; p < n_part; ++p) mx = max(mx, part_m[base + p]);
-  float sum = 0.0f;
-  for (long p = 0; p < n_part; ++p) sum += part_l[base + p] * exp(part_m[base + p] - mx);
-  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-  for (long d = lane; d < HEAD_DIM_V; d += 32) {
-    float acc = 0.0f;
-    for (long p = 0; p < n_part; ++p) {
-      acc += float(part_o[(base + p) * HEAD_DIM_V + d]) * (part_l[base + p] * exp(part_m[base + p] - mx));
+  float mx = FINITE_MIN, sum = 0.0f;  // this lane's partitions, merged online
+  for (long p = lane; p < n_part; p += 32) {
+    const float mp = part_m[base + p], m_new = max(mx, mp);
+    sum = sum * exp(mx - m_new) + part_l[base + p] * exp(mp - m_new);
+    mx = m_new;
+  }
+  const float m_all = simd_max(mx);
+  const float sum_all = simd_sum(sum * exp(mx - m_all));
+  const float inv = sum_all > 0.0f ? 1.0f / sum_all : 0.0f;
+  float acc[DV_LANES];
+  for (int c = 0; c < DV_LANES; ++c) acc[c] = 0.0f;
+  for (long p0 = 0; p0 < n_part; p0 += 32) {
+    const long p = p0 + lane;
+    const float w = p < n_part ? part_l[base + p] * exp(part_m[base + p] - m_all) * inv : 0.0f;
+    const long n = n_part - p0 < 32 ? n_part - p0 : 32;
+    for (long t = 0; t < n; ++t) {
+      const float wt = simd_shuffle(w, ushort(t));
+      const device T* po = part_o + (base + p0 + t) * HEAD_DIM_V;
+      for (int c = 0; c < DV_LANES; ++c) {
+        const uint d = lane + 32 * c;
+        if (d < HEAD_DIM_V) acc[c] += float(po[d]) * wt;
+      }
     }
-    out[long(row) * HEAD_DIM_V + d] = T(acc * inv);
+  }
+  for (int c = 0; c < DV_LANES; ++c) {
+    const uint d = lane + 32 * c;
+    if (d < HEAD_DIM_V) out[long(row) * HEAD_DIM_V + d] = T(acc[c]);
   }
 }
 
 INSTANTIATE_KERNEL(attn_prefill)
-#if PREFILL_MATRIX
-INSTANTIATE_KERNEL(attn_prefill_mma)
-#endif
 INSTANTIATE_KERNEL(attn_decode)
 #if DECODE_SPLIT
 INSTANTIATE_KERNEL(attn_reduce)

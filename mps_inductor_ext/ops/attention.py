@@ -128,9 +128,9 @@ def attention_plan(
     `shape` is (B, Hq, Hkv, Sq, Skv, D, Dv); `strides` are the (batch, head, seq) strides of
     q, k, v in elements, whose last dimension must be unit-stride. Tensors are named out, q, k,
     v, mask; the split form adds scratch part_m, part_l (B, Hq, Sq, P) and part_o (..., P, Dv),
-    the partitions' normalized outputs in q's dtype. Prefill takes the matrix-unit kernel where
-    matrix_prefill_tiles allows; decode serves a GQA group's query heads in one threadgroup
-    (policy.decode_gqa).
+    the partitions' normalized outputs in q's dtype. Prefill runs on the matrix units where
+    matrix_prefill_tiles allows (PREFILL_MATRIX: the same kernel name, another body); decode serves a
+    GQA group's query heads in one threadgroup (policy.decode_gqa).
     """
     B, Hq, Hkv, Sq, Skv, D, Dv = shape
     if not (1 <= D <= MAX_HEAD_DIM and 1 <= Dv <= MAX_HEAD_DIM):
@@ -164,9 +164,8 @@ def attention_plan(
     inputs += [IntArg(s) for st in strides for s in st]
     if not decode:
         threads = policy.prefill_simdgroups * 32
-        kernel = f"attn_prefill_mma_{name}" if matrix is not None else f"attn_prefill_{name}"
-        launch = KernelLaunch(source, kernel, (TensorArg("out"), *inputs), (ceil_div(Sq, bq) * threads, Hq, B),
-                              (threads, 1, 1))
+        launch = KernelLaunch(source, f"attn_prefill_{name}", (TensorArg("out"), *inputs),
+                              (ceil_div(Sq, bq) * threads, Hq, B), (threads, 1, 1))
         return _checked(LaunchPlan((launch,)))
     threads = policy.decode_simdgroups * 32
     grid = (n_part * threads, Hq // heads, B)

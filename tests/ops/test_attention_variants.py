@@ -1,7 +1,8 @@
 """The attention kernels' performance variants, each asserted to run (tests/helpers.py launched_variants)
 and checked against F.scaled_dot_product_attention in float64 with NaN-poisoned outputs and scratch:
 
-- attn_prefill_mma: prefill on the matrix units (simdgroup_matrix) for head dims that are multiples of 8;
+- attn_prefill with PREFILL_MATRIX: prefill on the matrix units (simdgroup_matrix) for head dims that are
+  multiples of 8 (the scalar body, under the same kernel name, takes the others);
 - attn_decode with DECODE_HEADS = group: one threadgroup per (KV head, partition) serves all the query
   heads of a GQA group, the keys split into enough partitions to fill a GPU.
 
@@ -11,8 +12,7 @@ named for it fail. Shapes are small: the emulator runs a 256-dim matrix prefill 
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import assert_close_dtype, launched_variants, op_tolerances
+from helpers import assert_close_dtype, launched_variants, op_tolerances, sdpa_reference
 
 from mps_inductor_ext import config
 from mps_inductor_ext.config import AttentionPolicy
@@ -30,35 +30,22 @@ def qkv(B, Hq, Hkv, Sq, Skv, D, dtype, seed):
     return tuple(torch.randn(B, h, s, D, generator=g).to(dtype) for h, s in ((Hq, Sq), (Hkv, Skv), (Hkv, Skv)))
 
 
-def reference(q, k, v, mask=None, causal=False, window=-1):
-    """float64 SDPA; the causal mask (top-left) and the window as an explicit bool mask."""
-    Sq, Skv = q.shape[2], k.shape[2]
-    i, j = torch.arange(Sq)[:, None], torch.arange(Skv)[None, :]
-    keep = torch.ones(Sq, Skv, dtype=torch.bool)
-    if causal:
-        keep &= j <= i
-    if window > 0:
-        keep &= j > i - window
-    if mask is None:
-        mask = keep
-    elif mask.dtype == torch.bool:
-        mask = mask & keep
-    else:
-        mask = mask.double().masked_fill(~keep, float("-inf"))
-    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, enable_gqa=True)
-    return out.nan_to_num(0.0).to(q.dtype)  # a row with no visible key gives 0, as the op
-
-
 def run(q, k, v, mask=None, causal=False, window=-1):
     with config.patch(emulate_metal=True), poisoned_outputs(), launched_variants() as seen:
         got = op(q, k, v, mask, None, causal, window)
     return got, seen
 
 
+MATRIX = "attn_prefill+matrix"  # the prefill kernel specialized for the matrix units
+
+
 def check(q, k, v, kernel, mask=None, causal=False, window=-1, ref_inputs=None):
     got, seen = run(q, k, v, mask, causal, window)
-    assert seen and seen[0].kernel.startswith(kernel), [s.kernel for s in seen]
-    assert_close_dtype(got, reference(*(ref_inputs or (q, k, v)), mask, causal, window), TOL[q.dtype])
+    name, _, matrix = kernel.partition("+")
+    assert seen and seen[0].kernel.startswith(name), [s.kernel for s in seen]
+    if name == "attn_prefill":
+        assert seen[0].defines["PREFILL_MATRIX"] == ("1" if matrix else "0"), seen[0].defines
+    assert_close_dtype(got, sdpa_reference(*(ref_inputs or (q, k, v)), mask, None, causal, window), TOL[q.dtype])
     return seen
 
 
@@ -73,8 +60,8 @@ def test_matrix_prefill_head_dims_causal_gqa(D):
     Sq, Skv = MATRIX_CAUSAL[D]
     for dtype in DTYPES:
         Hq = 8 if dtype == torch.float32 else 2
-        seen = check(*qkv(1, Hq, 1, Sq, Skv, D, dtype, seed=D), "attn_prefill_mma", causal=True)
-        assert seen[0].defines["PREFILL_MATRIX"] == "1" and seen[0].defines["BLOCK_Q"] == "32"
+        seen = check(*qkv(1, Hq, 1, Sq, Skv, D, dtype, seed=D), MATRIX, causal=True)
+        assert seen[0].defines["BLOCK_Q"] == "32"
 
 
 def test_matrix_prefill_skips_the_tiles_no_row_of_a_block_sees():
@@ -86,7 +73,7 @@ def test_matrix_prefill_skips_the_tiles_no_row_of_a_block_sees():
     clean = (q, k.clone(), v.clone())
     k[:, :, 64:], v[:, :, 64:] = float("nan"), float("nan")
     clean[1][:, :, 64:], clean[2][:, :, 64:] = 0.0, 0.0
-    check(q, k, v, "attn_prefill_mma", causal=True, ref_inputs=clean)
+    check(q, k, v, MATRIX, causal=True, ref_inputs=clean)
     got, _ = run(q, k, v, torch.ones(40, 96, dtype=torch.bool).tril())
     assert got.isnan().any()  # the same visibility without the skip reads the poisoned tiles
 
@@ -101,8 +88,8 @@ def test_matrix_prefill_masks_and_window():
     bias[1, 0, ::3] = float("-inf")
     for dtype in DTYPES:
         q, k, v = qkv(B, Hq, Hkv, Sq, Skv, 64, dtype, seed=6)
-        check(q, k, v, "attn_prefill_mma", mask=keep, window=6)
-    check(q, k, v, "attn_prefill_mma", mask=bias.to(q.dtype), causal=True)
+        check(q, k, v, MATRIX, mask=keep, window=6)
+    check(q, k, v, MATRIX, mask=bias.to(q.dtype), causal=True)
     got, _ = run(q, k, v, keep)
     assert (got[0, 1, 3] == 0).all()
 
@@ -161,7 +148,33 @@ def test_groups_fit_a_low_thread_limit(monkeypatch):
     """A pipeline limit of 64 threads: two SIMD-groups per decode and prefill threadgroup."""
     monkeypatch.setenv(THREAD_LIMIT_VARIABLE, "64")
     q, k, v = qkv(1, 4, 1, 20, 90, 64, torch.float16, seed=11)
-    seen = check(q, k, v, "attn_prefill_mma", causal=True)
+    seen = check(q, k, v, MATRIX, causal=True)
     assert seen[0].defines["PREFILL_SIMD"] == "2" and seen[0].defines["BLOCK_Q"] == "16"
     seen = check(q[:, :, :2], k, v, "attn_decode")
     assert seen[0].defines["DECODE_SIMD"] == "2"
+
+
+@pytest.mark.slow  # builds the instrumented library
+def test_gqa_decode_reads_k_and_v_once_per_group():
+    """Device bytes counted on the emulator's instrumented build (shaders/emulator/counters.py), fp16
+    GQA 4:1, one query row per head, 128 keys in two partitions: the partition kernel loads K and V
+    once (plus the group's query rows once per partition), within 1.0-1.1x of the K/V bytes; the whole
+    call (reduce included) within 1.1x of touching q, K, V and the output once. Without the sharing
+    (decode_gqa=False) every query head reads K/V: 4x."""
+    from mps_inductor_ext.shaders.emulator import counters
+
+    Hkv, G, Skv, D = 1, 4, 128, 32
+    q, k, v = qkv(1, Hkv * G, Hkv, 1, Skv, D, torch.float16, seed=12)
+    kv_bytes = 2 * Hkv * Skv * D * 2
+    ideal = kv_bytes + 2 * q.numel() * 2  # q in, the output (same shape) out
+    for gqa, lo, hi in ((True, 1.0, 1.1), (False, 4.0, 4.4)):
+        with config.patch(emulate_metal=True, attention=AttentionPolicy(decode_gqa=gqa)), \
+                counters.record() as launches:
+            got = op(q, k, v)
+        assert_close_dtype(got, sdpa_reference(q, k, v), TOL[torch.float16])
+        partition = launches[0]
+        assert partition.kernel == "attn_decode_half" and partition.threads[0] == 2 * partition.group_size[0]
+        assert lo <= partition.device.load_bytes / kv_bytes <= hi, (gqa, partition.device)
+        if gqa:
+            moved = sum(c.device.load_bytes + c.device.store_bytes for c in launches)
+            assert moved <= 1.1 * ideal, [c.device for c in launches]
