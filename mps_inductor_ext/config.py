@@ -79,17 +79,28 @@ class AttentionPolicy:
     memory fits 32 KiB, so large head dims get smaller tiles rather than an error.
     """
 
-    block_q: int = 16  # queries per prefill threadgroup
-    block_kv: int = 32  # keys per K/V tile in threadgroup memory
+    block_q: int = 16  # queries per scalar prefill threadgroup
+    block_kv: int = 32  # keys per K/V tile in threadgroup memory (at most; shrunk to fit)
     prefill_simdgroups: int = 4  # SIMD-groups per prefill threadgroup; each owns block_q / this rows
+    # Prefill on the matrix units (attn_prefill_mma) where both head dims are multiples of 8: each
+    # SIMD-group owns 8 query rows, so a threadgroup takes 8 * prefill_simdgroups queries.
+    prefill_matrix: bool = True
     decode_max_q: int = 4  # Sq at or below this takes the decode kernel (at most 8)
-    decode_simdgroups: int = 4  # SIMD-groups per decode threadgroup, each walking its own keys
-    split_kv_above: int = 1024  # decode splits Skv into partitions above this length
+    decode_simdgroups: int = 8  # SIMD-groups per decode threadgroup, each walking its own keys
+    # One decode threadgroup per (batch, KV head, partition) serving the group's query heads, so
+    # K/V are read once for all of them (False: one per query head, each reading K/V itself).
+    decode_gqa: bool = True
+    split_kv_above: int = 1024  # decode splits Skv into partitions of partition_size above this
     partition_size: int = 256
+    # Below split_kv_above the keys are still split, into partitions of at least min_partition keys,
+    # until the grid has decode_groups threadgroups (a GPU's worth), as a few KV heads alone leave
+    # most of its cores idle.
+    decode_groups: int = 64
+    min_partition: int = 64
 
     def __post_init__(self):
         for name in ("block_q", "block_kv", "prefill_simdgroups", "decode_max_q", "decode_simdgroups",
-                     "split_kv_above", "partition_size"):
+                     "split_kv_above", "partition_size", "decode_groups", "min_partition"):
             _check_positive(getattr(self, name), name)
         if self.block_kv % 8 or self.block_q % 8:
             raise ValueError(f"block_q and block_kv must be multiples of 8, got {self.block_q}, {self.block_kv}")
@@ -102,8 +113,12 @@ class AttentionPolicy:
                 raise ValueError(f"{name} must be at most 32 (1024 threads), got {getattr(self, name)}")
         if self.decode_max_q > 8:
             raise ValueError(f"decode_max_q must be at most 8, got {self.decode_max_q}")
-        if self.partition_size % 32:
-            raise ValueError(f"partition_size must be a multiple of 32, got {self.partition_size}")
+        for name in ("partition_size", "min_partition"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
+        for name in ("prefill_matrix", "decode_gqa"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)

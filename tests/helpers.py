@@ -12,6 +12,7 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mps_inductor_ext import config, emulated_mps
 from mps_inductor_ext.ops.tolerances import MODEL_TOLERANCE, TOLERANCES, op_tolerances, tolerance
@@ -19,7 +20,8 @@ from mps_inductor_ext.shaders.runtime import KernelFunction, ShaderLibrary
 
 __all__ = [
     "HAS_MPS", "MODEL_TOLERANCE", "TOLERANCES", "Variant", "assert_close_dtype", "dequantize_from_bytes",
-    "emulated_metal", "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps", "tolerance",
+    "emulated_metal", "kernel_counts", "launched_variants", "nan_like", "op_tolerances", "requires_mps",
+    "sdpa_reference", "tolerance",
 ]
 
 # A real Mac's MPS. is_built() first: asking is_available() of a CPU build would make libtorch read
@@ -94,3 +96,25 @@ def dequantize_from_bytes(w_packed, scales, biases, group_size: int, bits: int):
     q = torch.stack((raw & 15, raw >> 4), dim=-1).flatten(1) if bits == 4 else raw
     group = torch.arange(q.shape[1]) // group_size
     return scales.double()[:, group] * q.double() + biases.double()[:, group]
+
+
+def sdpa_reference(q, k, v, mask=None, scale=None, causal=False, window=-1):
+    """mpsk::attention's expected output: F.scaled_dot_product_attention in float64, cast back; the
+    window (and causal with a mask, a pair ATen's math path refuses) as an explicit bool mask."""
+    if window > 0 or (causal and mask is not None):
+        window = window if window > 0 else k.shape[2] + q.shape[2]
+        i = torch.arange(q.shape[2])[:, None]
+        j = torch.arange(k.shape[2])[None, :]
+        keep = (j > i - window) & (j <= i if causal else True)
+        if mask is None:
+            mask = keep
+        elif mask.dtype == torch.bool:
+            mask = mask & keep
+        else:
+            mask = mask.double().masked_fill(~keep, float("-inf"))
+        causal = False
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.double()
+    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, is_causal=causal,
+                                         scale=scale, enable_gqa=True)
+    return out.to(q.dtype)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from .. import config
 from ..config import AttentionPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, new_buffer, tuned_runtime
-from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, specialize
+from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer, tuned_runtime
+from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, fit_to_pipelines, specialize
 from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
 MAX_HEAD_DIM = 256  # registers per lane and threadgroup memory are sized for this
@@ -64,14 +64,51 @@ def prefill_tiles(d: int, dv: int, policy: AttentionPolicy) -> tuple[int, int, i
     return bq, bkv, nbytes(bq, bkv)
 
 
-DECODE_ROWS = 4  # query rows the decode kernel keeps in registers per pass over the keys
+def matrix_prefill_tiles(d: int, dv: int, policy: AttentionPolicy) -> tuple[int, int] | None:
+    """(block_kv, threadgroup bytes) of the matrix-unit prefill kernel, block_kv halved from the
+    policy's until it fits TG_BUDGET; None where that kernel does not apply (a head dim that is not
+    a multiple of 8, or no tiling fits): the scalar kernel takes those.
+
+    fp32 K and V tiles, and per SIMD-group an 8 x block_kv score slice and an 8 x 8 staging square.
+    """
+    if not policy.prefill_matrix or d % 8 or dv % 8:
+        return None
+    nsg = policy.prefill_simdgroups
+
+    def nbytes(bkv: int) -> int:
+        return 4 * (bkv * d + bkv * dv + nsg * 8 * bkv + nsg * 64)
+
+    bkv = policy.block_kv
+    while nbytes(bkv) > TG_BUDGET and bkv > 8:
+        bkv //= 2
+    return (bkv, nbytes(bkv)) if nbytes(bkv) <= TG_BUDGET else None
 
 
-def decode_tg_bytes(dv: int, policy: AttentionPolicy, d: int = MAX_HEAD_DIM) -> int:
-    """Threadgroup bytes of the decode kernel: the query rows (head dim `d`; by default the largest,
-    an upper bound) and one pass's merge buffers (max, sum and Dv outputs per SIMD-group and row)."""
-    rows = ceil_div(policy.decode_max_q, DECODE_ROWS) * DECODE_ROWS
-    return 4 * (rows * d + policy.decode_simdgroups * DECODE_ROWS * (dv + 2))
+def decode_rows(dv: int, rows: int) -> int:
+    """Query rows the decode kernel keeps in registers per pass over the keys: 8 while that stays
+    within 64 floats a lane (Dv <= 128), else 4; 4 when the threadgroup has no more rows than that."""
+    return 8 if dv <= 128 and rows > 4 else 4
+
+
+def decode_tg_bytes(dv: int, policy: AttentionPolicy, d: int = MAX_HEAD_DIM, rows: int = 8) -> int:
+    """Threadgroup bytes of the decode kernel: one pass's query rows (head dim `d`; by default the
+    largest, an upper bound), the SIMD-groups' max and sum per row and one row's outputs (merged a
+    row at a time)."""
+    return 4 * (rows * d + policy.decode_simdgroups * (2 * rows + dv))
+
+
+def decode_partitions(B, groups: int, Skv, policy: AttentionPolicy) -> tuple:
+    """(partitions, keys per partition) of the decode grid, whose other dims hold B * `groups`
+    threadgroups. Above split_kv_above, partitions of partition_size keys; below it, enough
+    partitions of at least min_partition keys (a multiple of 32) to make decode_groups threadgroups,
+    where the shape is known (a symbolic one keeps one partition)."""
+    if Skv > policy.split_kv_above:
+        return ceil_div(Skv, policy.partition_size), policy.partition_size
+    if not all(isinstance(n, int) for n in (B, Skv)):
+        return 1, Skv
+    want = max(1, min(ceil_div(policy.decode_groups, max(B * groups, 1)), Skv // policy.min_partition))
+    size = ceil_div(ceil_div(Skv, want), 32) * 32
+    return ceil_div(Skv, size), size
 
 
 def attention_plan(
@@ -90,29 +127,40 @@ def attention_plan(
 
     `shape` is (B, Hq, Hkv, Sq, Skv, D, Dv); `strides` are the (batch, head, seq) strides of
     q, k, v in elements, whose last dimension must be unit-stride. Tensors are named out, q, k,
-    v, mask; the split form adds scratch part_m, part_l (B, Hq, Sq, P) and part_o (..., P, Dv).
+    v, mask; the split form adds scratch part_m, part_l (B, Hq, Sq, P) and part_o (..., P, Dv),
+    the partitions' normalized outputs in q's dtype. Prefill runs on the matrix units where
+    matrix_prefill_tiles allows (PREFILL_MATRIX: the same kernel name, another body); decode serves a
+    GQA group's query heads in one threadgroup (policy.decode_gqa).
     """
     B, Hq, Hkv, Sq, Skv, D, Dv = shape
     if not (1 <= D <= MAX_HEAD_DIM and 1 <= Dv <= MAX_HEAD_DIM):
         raise ValueError(f"mpsk.attention: the Metal kernels take head dims 1..{MAX_HEAD_DIM}, got D={D}, Dv={Dv}")
     name = METAL_DTYPES[dtype]
+    group = Hq // Hkv
     decode = Sq <= policy.decode_max_q
-    split = decode and Skv > policy.split_kv_above
+    heads = group if decode and policy.decode_gqa else 1  # query heads per decode threadgroup
+    n_part, part_size = decode_partitions(B, Hq // heads, Skv, policy) if decode else (1, Skv)
+    split = decode and not (isinstance(n_part, int) and n_part == 1)
+    rows = decode_rows(Dv, heads * Sq if isinstance(Sq, int) else heads * policy.decode_max_q)
     bq, bkv, _ = prefill_tiles(D, Dv, policy)
-    if decode and decode_tg_bytes(Dv, policy, D) > TG_BUDGET:
-        raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy, D)} exceeds "
+    matrix = None if decode else matrix_prefill_tiles(D, Dv, policy)
+    if matrix is not None:
+        bq, bkv = 8 * policy.prefill_simdgroups, matrix[0]
+    if decode and decode_tg_bytes(Dv, policy, D, rows) > TG_BUDGET:
+        raise ValueError(f"mpsk.attention: decode threadgroup memory {decode_tg_bytes(Dv, policy, D, rows)} exceeds "
                          f"{TG_BUDGET}")
     defines = {
         "DTYPE": name,
         "HEAD_DIM": D, "HEAD_DIM_V": Dv, "SCALE": float(scale), "IS_CAUSAL": is_causal, "HAS_WINDOW": window > 0,
         "MASK_KIND": mask_kind, "BLOCK_Q": bq, "BLOCK_KV": bkv, "PREFILL_SIMD": policy.prefill_simdgroups,
-        "DECODE_MAX_Q": policy.decode_max_q, "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split,
+        "PREFILL_MATRIX": matrix is not None, "DECODE_MAX_Q": policy.decode_max_q,
+        "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split, "DECODE_HEADS": heads, "DECODE_ROWS": rows,
     }
     source = specialize(_template(), defines)
     inputs: list = [TensorArg("q"), TensorArg("k"), TensorArg("v")]
     if mask_kind != MASK_NONE:
         inputs += [TensorArg("mask"), *(IntArg(s) for s in mask_strides)]
-    inputs += [IntArg(Sq), IntArg(Skv), IntArg(Hq // Hkv), IntArg(max(window, 0))]
+    inputs += [IntArg(Sq), IntArg(Skv), IntArg(group), IntArg(max(window, 0))]
     inputs += [IntArg(s) for st in strides for s in st]
     if not decode:
         threads = policy.prefill_simdgroups * 32
@@ -120,20 +168,30 @@ def attention_plan(
                               (ceil_div(Sq, bq) * threads, Hq, B), (threads, 1, 1))
         return _checked(LaunchPlan((launch,)))
     threads = policy.decode_simdgroups * 32
+    grid = (n_part * threads, Hq // heads, B)
     if not split:
-        launch = KernelLaunch(source, f"attn_decode_{name}", (TensorArg("out"), *inputs, IntArg(Skv)),
-                              (threads, Hq, B), (threads, 1, 1))
+        launch = KernelLaunch(source, f"attn_decode_{name}", (TensorArg("out"), *inputs, IntArg(Skv)), grid,
+                              (threads, 1, 1))
         return _checked(LaunchPlan((launch,)))
-    n_part = ceil_div(Skv, policy.partition_size)
     parts = (TensorArg("part_m"), TensorArg("part_l"), TensorArg("part_o"))
-    partition = KernelLaunch(source, f"attn_decode_{name}", (*parts, *inputs, IntArg(policy.partition_size)),
-                             (n_part * threads, Hq, B), (threads, 1, 1))
+    partition = KernelLaunch(source, f"attn_decode_{name}", (*parts, *inputs, IntArg(part_size)), grid,
+                             (threads, 1, 1))
     reduce = KernelLaunch(source, f"attn_reduce_{name}", (TensorArg("out"), *parts, IntArg(n_part)),
                           (B * Hq * Sq * 32,), (32,))
     scratch = (Scratch("part_m", (B, Hq, Sq, n_part), torch.float32),
                Scratch("part_l", (B, Hq, Sq, n_part), torch.float32),
-               Scratch("part_o", (B, Hq, Sq, n_part, Dv), torch.float32))
+               Scratch("part_o", (B, Hq, Sq, n_part, Dv), dtype))  # normalized: within V's range
     return _checked(LaunchPlan((partition, reduce), scratch))
+
+
+def capped(policy: AttentionPolicy, max_threads: int) -> AttentionPolicy:
+    """The policy with threadgroups of at most `max_threads` (see launch.fit_to_pipelines): fewer
+    decode SIMD-groups, and prefill SIMD-groups halved (so they still divide block_q)."""
+    most = max(1, max_threads // 32)
+    nsg = policy.prefill_simdgroups
+    while nsg > most:
+        nsg = max(1, nsg // 2)
+    return dataclasses.replace(policy, decode_simdgroups=min(policy.decode_simdgroups, most), prefill_simdgroups=nsg)
 
 
 def _checked(plan: LaunchPlan) -> LaunchPlan:
@@ -245,7 +303,8 @@ def attention_launch(q: Operand, k: Operand, v: Operand, attn_mask: Operand | No
                      is_causal: bool, window: int, runtime: str) -> OpLaunch:
     """The launch of one attention call, for the eager op and the lowering alike: q, k, v read through
     their (batch, head, seq) strides with a unit-stride last dimension, the mask through strides that
-    broadcast it to (B, Hq, Sq, Skv). The output is contiguous (B, Hq, Sq, Dv)."""
+    broadcast it to (B, Hq, Sq, Skv), fitted to the kernels' thread limits. The output is contiguous
+    (B, Hq, Sq, Dv)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
     operands = {"q": q, "k": k, "v": v}
@@ -257,11 +316,11 @@ def attention_launch(q: Operand, k: Operand, v: Operand, attn_mask: Operand | No
         kind, read_as = how
         operands["mask"] = dataclasses.replace(attn_mask, read_as=read_as)
         mask_strides = broadcast_strides(attn_mask, (B, Hq, Sq, Skv))
-    plan = attention_plan(
+    plan = fit_to_pipelines(lambda cap: attention_plan(
         q.dtype, (B, Hq, Hkv, Sq, Skv, D, Dv), tuple(tuple(t.stride[:3]) for t in (q, k, v)),
         mask_kind=kind, mask_strides=mask_strides, scale=softmax_scale(scale, D), is_causal=is_causal,
-        window=window, policy=config.attention,
-    )
+        window=window, policy=capped(config.attention, cap),
+    ), runtime)
     return OpLaunch(plan, operands)
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_close_dtype, op_tolerances
+from helpers import sdpa_reference as reference
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
@@ -38,28 +39,6 @@ def qkv(B, Hq, Hkv, Sq, Skv, D, Dv=None, dtype=torch.float32, seed=0):
     Dv = D if Dv is None else Dv
     return (torch.randn(B, Hq, Sq, D, generator=g).to(dtype), torch.randn(B, Hkv, Skv, D, generator=g).to(dtype),
             torch.randn(B, Hkv, Skv, Dv, generator=g).to(dtype))
-
-
-def reference(q, k, v, mask=None, scale=None, causal=False, window=-1):
-    """F.scaled_dot_product_attention in float64, cast back; the window (and causal with a mask, a
-    pair ATen's math path refuses) as an explicit bool mask."""
-    if window > 0 or (causal and mask is not None):
-        window = window if window > 0 else k.shape[2] + q.shape[2]
-        i = torch.arange(q.shape[2])[:, None]
-        j = torch.arange(k.shape[2])[None, :]
-        keep = (j > i - window) & (j <= i if causal else True)
-        if mask is None:
-            mask = keep
-        elif mask.dtype == torch.bool:
-            mask = mask & keep
-        else:
-            mask = mask.double().masked_fill(~keep, float("-inf"))
-        causal = False
-    if mask is not None and mask.dtype != torch.bool:
-        mask = mask.double()
-    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, is_causal=causal,
-                                         scale=scale, enable_gqa=True)
-    return out.to(q.dtype)
 
 
 class Recorder:
@@ -108,9 +87,12 @@ def test_head_dims(rec, D):
         check(rec, *qkv(1, 2, 1, 19, 21, D, dtype=dtype, seed=D), "attn_prefill")
         prefill = rec.calls[-1][2].launches[0]
         check(rec, *qkv(2, 2, 2, 2, 21, D, dtype=dtype, seed=D + 1), "attn_decode")
-    # the compiled kernel's threadgroup memory is what the plan budgeted, within 32 KiB
+    # the compiled kernel's threadgroup memory is what the plan budgeted, within 32 KiB; every head
+    # dim here is a multiple of 8, so prefill ran on the matrix units
+    assert "#define PREFILL_MATRIX 1" in prefill.source
     fn = ShaderLibrary(prefill.source, "cpu").get_kernel_function(prefill.kernel)
-    assert fn.static_thread_group_memory_length == attention_mod.prefill_tiles(D, D, AttentionPolicy())[2] <= 32768
+    budget = attention_mod.matrix_prefill_tiles(D, D, AttentionPolicy())[1]
+    assert fn.static_thread_group_memory_length == budget <= attention_mod.TG_BUDGET
 
 
 def test_dv_differs_from_d_with_explicit_scale(rec):
