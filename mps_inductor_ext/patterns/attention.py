@@ -1,6 +1,7 @@
 """Attention: F.scaled_dot_product_attention, and eager attention as people write it.
 
     w = torch.matmul(q, k.transpose(2, 3)) * scale      # or / sqrt(d), or no scale
+    w = torch.tanh(w / cap) * cap                         # optional logit softcap (Gemma 2)
     w = w + mask                                          # optional additive float mask (maybe sliced)
     w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)   # or a plain softmax; casts anywhere
     w = F.dropout(w, p=0.0, training=self.training)      # optional; p == 0 or not training
@@ -24,6 +25,7 @@ as with a KV cache) keeps the mask tensor: slower, never wrong.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch.fx import Node
@@ -55,7 +57,8 @@ def _differ(a: object, b: object) -> bool:
     return statically_known_true(a != b)
 
 
-def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[Node], detail: str) -> Rewrite:
+def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[Node], detail: str,
+             softcap: object = 0.0) -> Rewrite:
     window = -1
     folded = _positions(mask, tensor(q).shape[2], tensor(k).shape[2])
     if folded is not None:
@@ -72,10 +75,13 @@ def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[
     def build(graph):
         qkv = [t if tensor(t).dtype == dtype else fx.insert_cast(graph, anchor, t, dtype) for t in (q, k, v)]
         args = (*qkv, mask, None if scale is None else fx.scalar(scale), is_causal, window)
+        if softcap:
+            args = (*args, fx.scalar(softcap))
         return insert_call(graph, anchor, torch.ops.mpsk.attention.default, args)
 
     inputs = [q, k, v] + ([mask] if mask is not None else [])
-    return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale), detail)
+    return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale) + fx.scalar_nodes(softcap),
+                   detail)
 
 
 def _positions(mask: object, q_len: object, kv_len: object) -> tuple[bool, int, list[Node]] | None:
@@ -308,6 +314,12 @@ def _finite_scalar(value: object) -> bool:
     return math.isfinite(v.node.hint if isinstance(v, (torch.SymFloat, torch.SymInt)) else v)
 
 
+def _hint(value: object) -> float:
+    """The present value of an fx.is_scalar number, without guarding it."""
+    v = val(value) if isinstance(value, Node) else value
+    return v.node.hint if isinstance(v, (torch.SymFloat, torch.SymInt)) else v
+
+
 def _single_use(nodes: list[Node]) -> str | None:
     """The first node with a use outside the chain: the op would leave that use without a value."""
     for n in nodes:
@@ -340,8 +352,9 @@ def _weights(w: object) -> tuple[Node | None, list[Node], str | None]:
     return None, [], None
 
 
-def _scores(s: object) -> tuple[Node, object, object, object, list[Node]] | None:
-    """(q @ k^T node, k, scale, mask, nodes) for the softmax input; None if it is not that form."""
+def _scores(s: object) -> tuple[Node, object, object, object, object, list[Node]] | None:
+    """(q @ k^T node, k, scale, softcap (0.0: none), mask, nodes) for the softmax input; None if it
+    is not that form."""
     nodes = []
     while isinstance(s, Node) and op_name(s) == "to" and cast_target(s) is not None:
         nodes.append(s)
@@ -350,31 +363,60 @@ def _scores(s: object) -> tuple[Node, object, object, object, list[Node]] | None
     if is_op(s, "add"):
         a, b = operands(s)
         for x, m in ((a, b), (b, a)):
-            found = _scaled(x)
+            found = _scaled(_uncapped(x)[0])
             if found is not None and isinstance(m, Node):
                 nodes.append(s)
                 mask, s = m, x
                 break
         else:
             return None
+    s, softcap, cap_nodes = _uncapped(s)
     found = _scaled(s)
     if found is None:
         return None
     mm, k, scale, scale_nodes = found
-    return mm, k, scale, mask, nodes + scale_nodes + [mm]
+    return mm, k, scale, softcap, mask, nodes + cap_nodes + scale_nodes + [mm]
+
+
+_TANH = (torch.tanh, torch.ops.aten.tanh.default)
+
+
+def _uncapped(s: object) -> tuple[object, object, list[Node]]:
+    """(w, cap, nodes) for Gemma 2's softcap `tanh(w / cap) * cap` (either order of the product),
+    else (s, 0.0, [])."""
+    if is_op(s, "mul"):
+        a, b = operands(s)
+        for t, c in ((a, b), (b, a)):
+            tanh = isinstance(t, Node) and t.op == "call_function" and t.target in _TANH
+            d = t.args[0] if tanh else None
+            if is_op(d, "div") and (operands(d)[1] is c or _same_scalar(operands(d)[1], c)):
+                return operands(d)[0], c, [s, t, d]
+    return s, 0.0, []
+
+
+def _same_scalar(a: object, b: object) -> bool:
+    """Two numbers that are the same constant (a symbolic one only as the same node)."""
+    return (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
 
 
 def _scaled(s: object) -> tuple[Node, object, object, list[Node]] | None:
-    """(q @ k^T, k, scale, [the scaling node]) for `mm * c`, `c * mm`, `mm / c` or `mm` itself."""
-    if is_op(s, "mul", "div"):
+    """(q @ k^T, k, scale, [the scaling node]) for `mm * c`, `c * mm`, `mm / c` or `mm` itself.
+
+    Falcon's `scores /= math.sqrt(d)` is Dynamo's operator.itruediv: an in-place division of the
+    product, the same value as `mm / c` once nothing else reads the product (checked by the caller's
+    single-use test, which covers mm)."""
+    inplace = isinstance(s, Node) and s.op == "call_function" and s.target is operator.itruediv
+    if is_op(s, "mul", "div") or inplace:
+        name = "div" if inplace else op_name(s)
         a, b = operands(s)
         if _qk(a) is not None:
             mm, c = a, b
-        elif op_name(s) == "mul" and _qk(b) is not None:
+        elif name == "mul" and _qk(b) is not None:
             mm, c = b, a
         else:
             return None
-        if op_name(s) == "div":  # a graph value divisor stays unsupported: no constant scale to take
+        if name == "div":  # a graph value divisor stays unsupported: no constant scale to take
             c = (1.0 / c if c else math.inf) if isinstance(c, (int, float)) and not isinstance(c, bool) else ("/", c)
         return mm, _qk(mm), c, [s]
     k = _qk(s)
@@ -401,7 +443,7 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
     scores = _scores(arg(softmax, 0, "input"))
     if scores is None:
         return None
-    mm, k, scale, mask, before = scores
+    mm, k, scale, softcap, mask, before = scores
     q, v = mm.args[0], pv.args[1]
     xt = tensor(softmax)
     if xt is None or constant(arg(softmax, 1, "dim")) not in (-1, xt.dim() - 1):
@@ -419,6 +461,8 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
                                   "serve")
     if not _finite_scalar(scale):
         return NearMiss(KIND, pv, "the scores are scaled by a graph value; the kernel needs a constant scale")
+    if softcap and not (_finite_scalar(softcap) and _hint(softcap) > 0):
+        return NearMiss(KIND, pv, "the logit softcap is not a positive constant; the kernel needs one at compile time")
     if mask is not None and tensor(mask) is not None and tensor(mask).dtype == torch.bool:
         return NearMiss(KIND, pv, "a bool mask is added to the scores; the op's bool masks select, they do not add")
     k, v, repeat = _fold_gqa(k, v)
@@ -426,4 +470,4 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
     if why:
         return NearMiss(KIND, pv, why)
     return _rewrite(pv, q, k, v, mask, scale, False, [*weights, *before, mm.args[1], *repeat],
-                    "eager attention")
+                    "eager attention" + (" with a logit softcap" if softcap else ""), softcap)
