@@ -3,6 +3,7 @@
     w = torch.matmul(q, k.transpose(2, 3)) * scale      # or / sqrt(d), or no scale
     w = torch.tanh(w / cap) * cap                         # optional logit softcap (Gemma 2)
     w = w + mask                                          # optional additive float mask (maybe sliced)
+                                                          # or two added in turn (T5: bias, then mask)
     w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)   # or a plain softmax; casts anywhere
     w = F.dropout(w, p=0.0, training=self.training)      # optional; p == 0 or not training
     out = torch.matmul(w, v)
@@ -60,7 +61,8 @@ def _differ(a: object, b: object) -> bool:
 def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[Node], detail: str,
              softcap: object = 0.0) -> Rewrite:
     window = -1
-    folded = _positions(mask, tensor(q).shape[2], tensor(k).shape[2])
+    pair = mask if isinstance(mask, tuple) else None
+    folded = None if pair else _positions(mask, tensor(q).shape[2], tensor(k).shape[2])
     if folded is not None:
         causal, window, mask_nodes = folded
         mask, is_causal, matched = None, is_causal or causal, [*matched, *mask_nodes]
@@ -74,14 +76,24 @@ def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[
 
     def build(graph):
         qkv = [t if tensor(t).dtype == dtype else fx.insert_cast(graph, anchor, t, dtype) for t in (q, k, v)]
-        args = (*qkv, mask, None if scale is None else fx.scalar(scale), is_causal, window)
+        m = mask if pair is None else _insert_sum(graph, anchor, *pair)
+        args = (*qkv, m, None if scale is None else fx.scalar(scale), is_causal, window)
         if softcap:
             args = (*args, fx.scalar(softcap))
         return insert_call(graph, anchor, torch.ops.mpsk.attention.default, args)
 
-    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    inputs = [q, k, v] + (list(pair) if pair else [mask] if mask is not None else [])
     return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale) + fx.scalar_nodes(softcap),
                    detail)
+
+
+def _insert_sum(graph, anchor: Node, bias: Node, mask: Node) -> Node:
+    """`bias + mask` before `anchor` (T5's two additive terms, as the op's one mask)."""
+    aten = isinstance(anchor.target, torch._ops.OpOverload)
+    with graph.inserting_before(anchor):
+        new = graph.call_function(torch.ops.aten.add.Tensor if aten else operator.add, (bias, mask))
+    new.meta["val" if aten else "example_value"] = tensor(bias) + tensor(mask)
+    return new
 
 
 def _positions(mask: object, q_len: object, kv_len: object) -> tuple[bool, int, list[Node]] | None:
@@ -361,15 +373,11 @@ def _scores(s: object) -> tuple[Node, object, object, object, object, list[Node]
         s = s.args[0]
     mask = None
     if is_op(s, "add"):
-        a, b = operands(s)
-        for x, m in ((a, b), (b, a)):
-            found = _scaled(_uncapped(x)[0])
-            if found is not None and isinstance(m, Node):
-                nodes.append(s)
-                mask, s = m, x
-                break
-        else:
+        found = _masked(s)
+        if found is None:
             return None
+        mask, s, add_nodes = found
+        nodes += add_nodes
     s, softcap, cap_nodes = _uncapped(s)
     found = _scaled(s)
     if found is None:
@@ -379,6 +387,23 @@ def _scores(s: object) -> tuple[Node, object, object, object, object, list[Node]
 
 
 _TANH = (torch.tanh, torch.ops.aten.tanh.default)
+
+
+def _masked(s: Node) -> tuple[object, object, list[Node]] | None:
+    """(mask, scores, add nodes) for `scores + mask`, or T5's `(scores + bias) + mask`, whose mask is
+    then the pair (bias, mask): the op adds their sum, which is the graph's value wherever a mask
+    entry is 0 (and a hidden key either way where it is the dtype's minimum)."""
+    a, b = operands(s)
+    for x, m in ((a, b), (b, a)):
+        if not isinstance(m, Node):
+            continue
+        if _scaled(_uncapped(x)[0]) is not None:
+            return m, x, [s]
+        if is_op(x, "add"):
+            for y, bias in (operands(x), operands(x)[::-1]):
+                if isinstance(bias, Node) and _scaled(_uncapped(y)[0]) is not None:
+                    return (bias, m), y, [s, x]
+    return None
 
 
 def _uncapped(s: object) -> tuple[object, object, list[Node]]:
@@ -463,11 +488,16 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
         return NearMiss(KIND, pv, "the scores are scaled by a graph value; the kernel needs a constant scale")
     if softcap and not (_finite_scalar(softcap) and _hint(softcap) > 0):
         return NearMiss(KIND, pv, "the logit softcap is not a positive constant; the kernel needs one at compile time")
+    pair = mask if isinstance(mask, tuple) else None
+    if pair is not None:  # checked as the sum the op will read
+        if any(tensor(t) is None or tensor(t).dtype == torch.bool for t in pair):
+            return NearMiss(KIND, pv, "the bias and mask added in turn are not both float tensors")
+        mask = tensor(pair[0]) + tensor(pair[1])
     if mask is not None and tensor(mask) is not None and tensor(mask).dtype == torch.bool:
         return NearMiss(KIND, pv, "a bool mask is added to the scores; the op's bool masks select, they do not add")
     k, v, repeat = _fold_gqa(k, v)
     why = _checks(pv, q, k, v, mask)
     if why:
         return NearMiss(KIND, pv, why)
-    return _rewrite(pv, q, k, v, mask, scale, False, [*weights, *before, mm.args[1], *repeat],
+    return _rewrite(pv, q, k, v, pair or mask, scale, False, [*weights, *before, mm.args[1], *repeat],
                     "eager attention" + (" with a logit softcap" if softcap else ""), softcap)

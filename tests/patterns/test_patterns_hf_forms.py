@@ -227,3 +227,23 @@ def test_falcon_in_place_scaled_eager_attention():
     got, ref = run(falcon_attention, q, k, v, mask)
     assert mpsk.counters == {"attention": 1}
     close(got, ref)
+
+
+def t5_attention(q, k, v, bias, mask):
+    """T5's eager_attention_forward: no scaling (1.0), the position bias, then the mask, added in turn."""
+    w = torch.matmul(q, k.transpose(2, 3)) * 1.0
+    w = w + bias
+    w = w + mask
+    return torch.matmul(torch.softmax(w, dim=-1), v)
+
+
+def test_t5_bias_and_mask_added_in_two_steps():
+    q, k, v, _ = attention_inputs()
+    k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    g = torch.Generator().manual_seed(6)
+    bias = torch.randn(1, 4, 6, 6, generator=g)
+    hidden = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    mask = torch.zeros(1, 1, 6, 6).masked_fill(hidden, torch.finfo(torch.float32).min)
+    got, ref = run(t5_attention, q, k, v, bias, mask)
+    assert mpsk.counters == {"attention": 1}
+    close(got, ref)
