@@ -117,7 +117,7 @@ def test_what_the_kernel_cannot_take_falls_back_with_one_note(caplog):
 
 def test_gemma2_softcapping_runs_the_kernel():
     q, k, v = qkv()
-    module = Attn(groups=2)
+    module = Attn(groups=2, is_causal=False)  # as the eager reference below: no mask at all
     before = dict(hf_attention.calls)
     with launched_variants() as seen:
         got, weights = hf_attention.mpsk_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0)
