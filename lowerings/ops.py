@@ -124,7 +124,7 @@ def lower_rope(x, cos, sin, interleaved=False):
     return _kernel(torch.ops.mpsk.rope.default, x, x.get_size(), launch, runtime)
 
 
-def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
+def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1, softcap=0.0):
     runtime = _runtime(q)
     B, Hq, Sq, D = q.get_size()
     Skv, Dv = k.get_size()[2], v.get_size()[3]
@@ -139,7 +139,7 @@ def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window
     qo = _operand(q, (B, Hq, sq, D))
     ko, vo = _operand(k, (B, k.get_size()[1], skv, D)), _operand(v, (B, v.get_size()[1], skv, Dv))
     mask = None if attn_mask is None else _operand(attn_mask)
-    launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime)
+    launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime, softcap)
     return _kernel(torch.ops.mpsk.attention.default, q, [B, Hq, Sq, Dv], launch, runtime, subs)
 
 

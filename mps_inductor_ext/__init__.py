@@ -15,7 +15,7 @@ from .backend import MetalKernelsNotUsedWarning
 from .backend import register as _register_backend
 from .diagnostics import explain
 from .emulated_mps import count_launches, emulate_mps_device
-from .integrations import PatchReport, patch, unpatch
+from .integrations import PatchReport, kernel_mapping, patch, unpatch
 from .integrations.hf_register import register_lazily as _register_with_transformers
 from .passes import counters, reset_counters
 from .profiling import profile
@@ -40,6 +40,7 @@ __all__ = [
     "emulate_mps_device",
     "explain",
     "ops",
+    "kernel_mapping",
     "patch",
     "profile",
     "quantize",

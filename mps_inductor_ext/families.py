@@ -67,12 +67,12 @@ def _family(name: str, module: str, kernels: str, policy: str | None) -> OpFamil
 
 
 # In the order the pattern pass runs them: a pattern that contains another comes first (eager
-# attention holds a softmax).
+# attention holds a softmax; a written-out LayerNorm holds an RMSNorm of the centered value).
 FAMILIES: tuple[OpFamily, ...] = (
     _family("attention", "attention", kernels="attention", policy="attention"),
     _family("rope", "rope", kernels="rope", policy="rope"),
-    _family("rms_norm", "norm", kernels="norm", policy="norm"),
     _family("layer_norm", "norm", kernels="norm", policy="norm"),
+    _family("rms_norm", "norm", kernels="norm", policy="norm"),
     _family("softmax", "softmax", kernels="softmax", policy="softmax"),
     _family("quantized_linear", "quantized", kernels="quantized", policy="quantized"),
 )

@@ -20,6 +20,8 @@
 //   SCALE                        softmax scale (float)
 //   IS_CAUSAL                    query i sees keys j <= i (top-left aligned, as PyTorch)
 //   HAS_WINDOW                   also hides keys j <= i - window (window is an int64 argument)
+//   HAS_SOFTCAP, SOFTCAP         logit softcapping (Gemma 2): s = SOFTCAP * tanh(s / SOFTCAP) on the
+//                                scaled score, before any mask is added
 //   MASK_KIND                    0 none, 1 bool (uchar, nonzero keeps), 2 additive (T)
 //   BLOCK_Q, BLOCK_KV, PREFILL_SIMD, PREFILL_MATRIX, DECODE_MAX_Q, DECODE_SIMD, DECODE_SPLIT,
 //   DECODE_HEADS (query heads per decode threadgroup), DECODE_ROWS (query rows per pass: 4 or 8)
@@ -82,6 +84,9 @@ inline float masked_score(float dot, long i, long j, long window, M mrow, long m
   if (j <= i - window) return FINITE_MIN;
 #endif
   float s = dot * SCALE;
+#if HAS_SOFTCAP
+  s = tanh(s / SOFTCAP) * SOFTCAP;
+#endif
 #if MASK_KIND == 1
   if (mrow[j * m_stride] == 0) return FINITE_MIN;
 #elif MASK_KIND == 2

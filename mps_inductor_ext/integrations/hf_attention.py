@@ -2,12 +2,11 @@
 
 It takes what transformers' SDPA integration takes (module, q, k, v in (B, H, S, D), the mask
 built by the mask function registered under the same name, dropout, scaling, is_causal, T5's
-position_bias, the sliding window) and runs `mpsk::attention`: GQA by index (k/v keep their own
+position_bias, the sliding window, Gemma 2's logit softcap) and runs `mpsk::attention`: GQA by index (k/v keep their own
 heads, nothing is repeated), the causal flag when no mask is needed, and a boolean or additive mask
 read in place through its broadcast strides (padding, sliding window, bias). What the kernel
 cannot take runs transformers' SDPA integration instead (dropout), or the model's own eager attention
-for what SDPA cannot take either (attention weights, Gemma 2's softcapping, sinks); each reason is
-noted once.
+for what SDPA cannot take either (attention weights, sinks); each reason is noted once.
 """
 
 from __future__ import annotations
@@ -50,8 +49,6 @@ def _kernel_refusal(query, key, value, attention_mask, dropout, kwargs) -> str |
 def _eager_only(kwargs) -> str | None:
     if kwargs.get("output_attentions"):
         return "output_attentions=True needs the attention weights, which neither the kernel nor SDPA returns"
-    if kwargs.get("softcap") is not None:
-        return "logit softcapping has no kernel (nor SDPA)"
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         return "attention sinks have no kernel (nor SDPA)"
     return None
@@ -107,5 +104,6 @@ def mpsk_attention_forward(
     # With a mask the window is already in it (transformers' sliding-window mask function); without one
     # the keys are no more than the window (else no mask is skipped), so the flag changes nothing there.
     window = int(window) if is_causal and isinstance(window, int) and window > 0 else -1
-    out = torch.ops.mpsk.attention(query, key, value, attention_mask, scaling, is_causal, window)
+    softcap = float(kwargs.get("softcap") or 0.0)  # Gemma 2: cap * tanh(scores / cap) before the mask
+    out = torch.ops.mpsk.attention(query, key, value, attention_mask, scaling, is_causal, window, softcap)
     return out.transpose(1, 2).contiguous(), None

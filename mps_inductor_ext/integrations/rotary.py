@@ -80,8 +80,27 @@ def _matches(fn, rot: int, dim: int, interleaved: bool) -> bool:
                for g, w in zip(got, want, strict=True))
 
 
+def hub_kernel_function(fn: object) -> object:
+    """The plain function under a `kernels` hub wrapper, else `fn` itself.
+
+    From transformers 5.25 (with `kernels` installed), `@use_kernel_forward_from_hub("rotary_pos_emb")`
+    turns each modeling file's apply_rotary_pos_emb into an instance of a generated `nn.Module` class
+    named `Func`, whose forward calls the decorated function (a closure variable named `func`) unless
+    `kernelize` selected a hub kernel. Its signature is (*args, **kwargs), so the function it wraps is
+    what tells the parameters; calling either computes the same.
+    """
+    if not isinstance(fn, torch.nn.Module) or type(fn).__name__ != "Func":
+        return fn
+    try:
+        inner = inspect.getclosurevars(type(fn).forward).nonlocals.get("func")
+    except (TypeError, ValueError):
+        return fn
+    return inner if inspect.isfunction(inner) else fn
+
+
 def recognize(fn) -> RopeSpec | str:
     """The rotation `fn(q, k, cos, sin)` computes, or why it is left alone."""
+    fn = hub_kernel_function(fn)
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -96,7 +115,7 @@ def recognize(fn) -> RopeSpec | str:
 
 def _wrapper(original, spec: RopeSpec):
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
-        if _scope.depth and not args and not kwargs and _takes(q, k, cos, sin, spec):
+        if _scope.depth and not args and not kwargs and takes(q, k, cos, sin, spec):
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             return (torch.ops.mpsk.rope(q, cos, sin, spec.interleaved),
                     torch.ops.mpsk.rope(k, cos, sin, spec.interleaved))
@@ -107,7 +126,7 @@ def _wrapper(original, spec: RopeSpec):
     return apply_rotary_pos_emb
 
 
-def _takes(q, k, cos, sin, spec: RopeSpec) -> bool:
+def takes(q, k, cos, sin, spec: RopeSpec) -> bool:
     """q, k (B, H, S, D) and cos, sin (B, S, R) of one Metal dtype, with R = D unless partial rotary was probed."""
     tensors = (q, k, cos, sin)
     if not all(isinstance(t, torch.Tensor) for t in tensors) or q.dtype not in METAL_DTYPES:

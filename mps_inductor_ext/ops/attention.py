@@ -3,9 +3,10 @@
 Semantics are F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=0, is_causal, scale,
 enable_gqa=True) on q (B, Hq, Sq, D), k (B, Hkv, Skv, D), v (B, Hkv, Skv, Dv), plus a sliding
 window: window > 0 hides keys j <= i - window (Mistral; same top-left coordinates as the causal
-mask). A mask and is_causal may be combined (a key must pass both), as PyTorch's CPU flash kernel
-allows (its math path refuses the pair). Rows whose keys are all hidden give 0, as PyTorch's
-(safe-softmax) math does.
+mask), and a logit softcap: softcap > 0 replaces each scaled score s by softcap * tanh(s / softcap)
+before the mask is added (Gemma 2; 0.0 is none). A mask and is_causal may be combined (a key must
+pass both), as PyTorch's CPU flash kernel allows (its math path refuses the pair). Rows whose keys
+are all hidden give 0, as PyTorch's (safe-softmax) math does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from .. import config
 from ..config import AttentionPolicy
 from ..shaders import load_source
-from .common import METAL_DTYPES, check_like, check_tensor, metal_runtime, new_buffer, tuned_runtime
+from .common import METAL_DTYPES, check_like, check_tensor, new_buffer, tuned_runtime
 from .launch import IntArg, KernelLaunch, LaunchPlan, Scratch, TensorArg, ceil_div, fit_to_pipelines, specialize
 from .operands import Operand, OpLaunch, broadcast_strides, run_launch
 
@@ -122,6 +123,7 @@ def attention_plan(
     is_causal: bool,
     window: int,
     policy: AttentionPolicy,
+    softcap: float = 0.0,
 ) -> LaunchPlan:
     """The launches for one call: prefill, decode, or split decode (partitions, then reduce).
 
@@ -152,6 +154,7 @@ def attention_plan(
     defines = {
         "DTYPE": name,
         "HEAD_DIM": D, "HEAD_DIM_V": Dv, "SCALE": float(scale), "IS_CAUSAL": is_causal, "HAS_WINDOW": window > 0,
+        "HAS_SOFTCAP": softcap > 0, "SOFTCAP": float(softcap) if softcap > 0 else 1.0,
         "MASK_KIND": mask_kind, "BLOCK_Q": bq, "BLOCK_KV": bkv, "PREFILL_SIMD": policy.prefill_simdgroups,
         "PREFILL_MATRIX": matrix is not None, "DECODE_MAX_Q": policy.decode_max_q,
         "DECODE_SIMD": policy.decode_simdgroups, "DECODE_SPLIT": split, "DECODE_HEADS": heads, "DECODE_ROWS": rows,
@@ -204,7 +207,7 @@ def _checked(plan: LaunchPlan) -> LaunchPlan:
     return plan
 
 
-def _check_inputs(q, k, v, attn_mask, scale, is_causal, window) -> None:
+def _check_inputs(q, k, v, attn_mask, scale, is_causal, window, softcap=0.0) -> None:
     """Every argument check, before any launch (also run by the fake implementation)."""
     op = "attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -249,6 +252,9 @@ def _check_inputs(q, k, v, attn_mask, scale, is_causal, window) -> None:
         raise TypeError(f"mpsk.attention: window must be an int, got {window!r}")
     if window == 0 or window < -1:
         raise ValueError(f"mpsk.attention: window must be -1 (none) or positive, got {window}")
+    if (isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap)
+            or softcap < 0):
+        raise ValueError(f"mpsk.attention: softcap must be a finite float >= 0 (0 is none), got {softcap!r}")
 
 
 def _keep(Sq: int, Skv: int, is_causal: bool, window: int, device: torch.device) -> torch.Tensor | None:
@@ -265,9 +271,14 @@ def _keep(Sq: int, Skv: int, is_causal: bool, window: int, device: torch.device)
     return keep
 
 
-def attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1) -> torch.Tensor:
+def attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1,
+                        softcap=0.0) -> torch.Tensor:
     """ATen's F.scaled_dot_product_attention; the window, and the causal mask when there is also an
-    attn_mask (ATen's math path refuses the pair), become part of one explicit mask."""
+    attn_mask (ATen's math path refuses the pair), become part of one explicit mask. With a softcap
+    (which SDPA has no argument for) the probabilities are written out, as Gemma 2's eager attention
+    writes them."""
+    if softcap > 0:
+        return _softcapped_reference(q, k, v, attn_mask, scale, is_causal, window, softcap)
     if window > 0 or (is_causal and attn_mask is not None):
         keep = _keep(q.shape[2], k.shape[2], is_causal, window, q.device)
         if attn_mask is None:
@@ -280,6 +291,32 @@ def attention_reference(q, k, v, attn_mask=None, scale=None, is_causal=False, wi
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                          enable_gqa=True)
     return out.contiguous()
+
+
+def _probabilities(q, k, attn_mask, scale, is_causal, window, softcap, acc) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, t): the softmax of the scaled, softcapped and masked scores in `acc` (0 on fully hidden
+    rows), and t = tanh(s / softcap) of the scaled scores (None without a softcap)."""
+    B, Hq, Sq, D = q.shape
+    group = Hq // k.shape[1] if k.shape[1] else 1
+    s = q.to(acc) @ k.to(acc).repeat_interleave(group, dim=1).transpose(-1, -2) * softmax_scale(scale, D)
+    t = None
+    if softcap > 0:
+        t = torch.tanh(s / softcap)
+        s = t * softcap
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.to(acc)
+    keep = _keep(Sq, k.shape[2], is_causal, window, q.device)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    hidden_row = s.amax(-1, keepdim=True) == float("-inf")
+    return torch.softmax(s.masked_fill(hidden_row, 0.0), -1).masked_fill(hidden_row, 0.0), t
+
+
+def _softcapped_reference(q, k, v, attn_mask, scale, is_causal, window, softcap) -> torch.Tensor:
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    p, _ = _probabilities(q, k, attn_mask, scale, is_causal, window, softcap, acc)
+    group = q.shape[1] // k.shape[1] if k.shape[1] else 1
+    return (p @ v.to(acc).repeat_interleave(group, dim=1)).to(q.dtype).contiguous()
 
 
 def _lastdim_unit(t: torch.Tensor) -> torch.Tensor:
@@ -300,7 +337,7 @@ def mask_kind(mask: torch.dtype, q: torch.dtype) -> tuple[int, torch.dtype | Non
 
 
 def attention_launch(q: Operand, k: Operand, v: Operand, attn_mask: Operand | None, scale: float | None,
-                     is_causal: bool, window: int, runtime: str) -> OpLaunch:
+                     is_causal: bool, window: int, runtime: str, softcap: float = 0.0) -> OpLaunch:
     """The launch of one attention call, for the eager op and the lowering alike: q, k, v read through
     their (batch, head, seq) strides with a unit-stride last dimension, the mask through strides that
     broadcast it to (B, Hq, Sq, Skv), fitted to the kernels' thread limits. The output is contiguous
@@ -319,24 +356,25 @@ def attention_launch(q: Operand, k: Operand, v: Operand, attn_mask: Operand | No
     plan = fit_to_pipelines(lambda cap: attention_plan(
         q.dtype, (B, Hq, Hkv, Sq, Skv, D, Dv), tuple(tuple(t.stride[:3]) for t in (q, k, v)),
         mask_kind=kind, mask_strides=mask_strides, scale=softmax_scale(scale, D), is_causal=is_causal,
-        window=window, policy=capped(config.attention, cap),
+        window=window, policy=capped(config.attention, cap), softcap=softcap,
     ), runtime)
     return OpLaunch(plan, operands)
 
 
-def _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime) -> torch.Tensor:
+def _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime, softcap=0.0) -> torch.Tensor:
     B, Hq, Sq, D = q.shape
     Skv, Dv = k.shape[2], v.shape[3]
     out = new_buffer((B, Hq, Sq, Dv), q.dtype, q.device)
     if out.numel() == 0:
         return out
     if Skv == 0 or D == 0:  # no keys: PyTorch gives zeros; D == 0: leave the corner to ATen
-        return out.zero_() if Skv == 0 else attention_reference(q, k, v, attn_mask, scale, is_causal, window)
+        return out.zero_() if Skv == 0 else attention_reference(q, k, v, attn_mask, scale, is_causal, window,
+                                                                 softcap)
     q, k, v = (Operand.of(_lastdim_unit(t)) for t in (q, k, v))
     mask = None
     if attn_mask is not None:
         mask = Operand.of(attn_mask if mask_kind(attn_mask.dtype, q.dtype) else attn_mask.to(q.dtype))
-    run_launch(attention_launch(q, k, v, mask, scale, is_causal, window, runtime), out, runtime)
+    run_launch(attention_launch(q, k, v, mask, scale, is_causal, window, runtime, softcap), out, runtime)
     return out
 
 
@@ -349,31 +387,33 @@ def attention(
     scale: float | None = None,
     is_causal: bool = False,
     window: int = -1,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
-    """F.scaled_dot_product_attention (no dropout, GQA by index) with an optional sliding window.
+    """F.scaled_dot_product_attention (no dropout, GQA by index) with an optional sliding window
+    and an optional logit softcap (softcap > 0: scores s -> softcap * tanh(s / softcap) before the mask).
 
     q, k and v are read in place through their strides (e.g. transposed (B, S, H, D) views);
     only a tensor whose last dimension is not unit-stride is copied. The mask is read through
     broadcasting strides, never expanded in memory; a float mask of another dtype than q is
     converted to q's dtype first. Returns a contiguous (B, Hq, Sq, Dv) tensor.
     """
-    _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
-    runtime = tuned_runtime("attention", (q, k, v, attn_mask, scale, is_causal, window))
+    _check_inputs(q, k, v, attn_mask, scale, is_causal, window, softcap)
+    runtime = tuned_runtime("attention", (q, k, v, attn_mask, scale, is_causal, window, softcap))
     if runtime is None:
-        return attention_reference(q, k, v, attn_mask, scale, is_causal, window)
-    return _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime)
+        return attention_reference(q, k, v, attn_mask, scale, is_causal, window, softcap)
+    return _run_metal(q, k, v, attn_mask, scale, is_causal, window, runtime, softcap)
 
 
 @attention.register_fake
-def _(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1):
-    _check_inputs(q, k, v, attn_mask, scale, is_causal, window)
+def _(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1, softcap=0.0):
+    _check_inputs(q, k, v, attn_mask, scale, is_causal, window, softcap)
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, attn_mask, scale, is_causal, window = inputs
+    q, k, v, attn_mask, scale, is_causal, window, softcap = inputs
     ctx.save_for_backward(q, k, v, attn_mask)
-    ctx.scale, ctx.is_causal, ctx.window = scale, is_causal, window
+    ctx.scale, ctx.is_causal, ctx.window, ctx.softcap = scale, is_causal, window, softcap
 
 
 def _backward(ctx, grad):
@@ -381,7 +421,8 @@ def _backward(ctx, grad):
     dV = P^T dO, dS = P * (dP - rowsum(dP * P)) with dP = dO V^T, dQ = dS K * scale,
     dK = dS^T Q * scale; K/V gradients are summed over each GQA group; an additive mask that
     requires grad (T5's learned position bias) gets dS summed to its broadcast shape. Hidden keys and
-    fully hidden rows get P = 0, hence zero gradient."""
+    fully hidden rows get P = 0, hence zero gradient. A softcap c (scores c * tanh(s / c)) multiplies
+    dS on its way to Q and K by its derivative 1 - tanh(s / c)^2; the mask is added after it."""
     q, k, v, attn_mask = ctx.saved_tensors
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
@@ -391,27 +432,20 @@ def _backward(ctx, grad):
     qf, do = q.to(acc), grad.to(acc)
     kf = k.to(acc).repeat_interleave(group, dim=1)
     vf = v.to(acc).repeat_interleave(group, dim=1)
-    s = qf @ kf.transpose(-1, -2) * scale
-    if attn_mask is not None:
-        bool_mask = attn_mask.dtype == torch.bool
-        s = s.masked_fill(~attn_mask, float("-inf")) if bool_mask else s + attn_mask.to(acc)
-    keep = _keep(Sq, Skv, ctx.is_causal, ctx.window, q.device)
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    hidden_row = s.amax(-1, keepdim=True) == float("-inf")
-    p = torch.softmax(s.masked_fill(hidden_row, 0.0), -1).masked_fill(hidden_row, 0.0)
+    p, t = _probabilities(q, k, attn_mask, ctx.scale, ctx.is_causal, ctx.window, ctx.softcap, acc)
     dp = do @ vf.transpose(-1, -2)
     ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dscore = ds if t is None else ds * (1 - t * t)  # the gradient of the scaled scores
     dq = dk = dv = dmask = None
     if ctx.needs_input_grad[0]:
-        dq = (ds @ kf * scale).to(q.dtype)
+        dq = (dscore @ kf * scale).to(q.dtype)
     if ctx.needs_input_grad[1]:
-        dk = (ds.transpose(-1, -2) @ qf * scale).view(B, Hkv, group, Skv, D).sum(2).to(k.dtype)
+        dk = (dscore.transpose(-1, -2) @ qf * scale).view(B, Hkv, group, Skv, D).sum(2).to(k.dtype)
     if ctx.needs_input_grad[2]:
         dv = (p.transpose(-1, -2) @ do).view(B, Hkv, group, Skv, -1).sum(2).to(v.dtype)
     if attn_mask is not None and attn_mask.dtype != torch.bool and ctx.needs_input_grad[3]:
         dmask = ds.sum_to_size(attn_mask.shape).to(attn_mask.dtype)  # an additive mask is added to the scores
-    return dq, dk, dv, dmask, None, None, None
+    return dq, dk, dv, dmask, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup)

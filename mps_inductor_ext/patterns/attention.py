@@ -1,7 +1,9 @@
 """Attention: F.scaled_dot_product_attention, and eager attention as people write it.
 
     w = torch.matmul(q, k.transpose(2, 3)) * scale      # or / sqrt(d), or no scale
+    w = torch.tanh(w / cap) * cap                         # optional logit softcap (Gemma 2)
     w = w + mask                                          # optional additive float mask (maybe sliced)
+                                                          # or two added in turn (T5: bias, then mask)
     w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)   # or a plain softmax; casts anywhere
     w = F.dropout(w, p=0.0, training=self.training)      # optional; p == 0 or not training
     out = torch.matmul(w, v)
@@ -24,6 +26,7 @@ as with a KV cache) keeps the mask tensor: slower, never wrong.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch.fx import Node
@@ -55,9 +58,11 @@ def _differ(a: object, b: object) -> bool:
     return statically_known_true(a != b)
 
 
-def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[Node], detail: str) -> Rewrite:
+def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[Node], detail: str,
+             softcap: object = 0.0) -> Rewrite:
     window = -1
-    folded = _positions(mask, tensor(q).shape[2], tensor(k).shape[2])
+    pair = mask if isinstance(mask, tuple) else None
+    folded = None if pair else _positions(mask, tensor(q).shape[2], tensor(k).shape[2])
     if folded is not None:
         causal, window, mask_nodes = folded
         mask, is_causal, matched = None, is_causal or causal, [*matched, *mask_nodes]
@@ -71,11 +76,24 @@ def _rewrite(anchor: Node, q, k, v, mask, scale, is_causal: bool, matched: list[
 
     def build(graph):
         qkv = [t if tensor(t).dtype == dtype else fx.insert_cast(graph, anchor, t, dtype) for t in (q, k, v)]
-        args = (*qkv, mask, None if scale is None else fx.scalar(scale), is_causal, window)
+        m = mask if pair is None else _insert_sum(graph, anchor, *pair)
+        args = (*qkv, m, None if scale is None else fx.scalar(scale), is_causal, window)
+        if softcap:
+            args = (*args, fx.scalar(softcap))
         return insert_call(graph, anchor, torch.ops.mpsk.attention.default, args)
 
-    inputs = [q, k, v] + ([mask] if mask is not None else [])
-    return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale), detail)
+    inputs = [q, k, v] + (list(pair) if pair else [mask] if mask is not None else [])
+    return Rewrite(KIND, anchor, inputs, build, matched + fx.scalar_nodes(scale) + fx.scalar_nodes(softcap),
+                   detail)
+
+
+def _insert_sum(graph, anchor: Node, bias: Node, mask: Node) -> Node:
+    """`bias + mask` before `anchor` (T5's two additive terms, as the op's one mask)."""
+    aten = isinstance(anchor.target, torch._ops.OpOverload)
+    with graph.inserting_before(anchor):
+        new = graph.call_function(torch.ops.aten.add.Tensor if aten else operator.add, (bias, mask))
+    new.meta["val" if aten else "example_value"] = tensor(bias) + tensor(mask)
+    return new
 
 
 def _positions(mask: object, q_len: object, kv_len: object) -> tuple[bool, int, list[Node]] | None:
@@ -305,6 +323,12 @@ def _finite_scalar(value: object) -> bool:
     return fx.is_scalar(value) and math.isfinite(fx.scalar_hint(value))
 
 
+def _hint(value: object) -> float:
+    """The present value of an fx.is_scalar number, without guarding it."""
+    v = val(value) if isinstance(value, Node) else value
+    return v.node.hint if isinstance(v, (torch.SymFloat, torch.SymInt)) else v
+
+
 def _single_use(nodes: list[Node]) -> str | None:
     """The first node with a use outside the chain: the op would leave that use without a value."""
     for n in nodes:
@@ -337,41 +361,84 @@ def _weights(w: object) -> tuple[Node | None, list[Node], str | None]:
     return None, [], None
 
 
-def _scores(s: object) -> tuple[Node, object, object, object, list[Node]] | None:
-    """(q @ k^T node, k, scale, mask, nodes) for the softmax input; None if it is not that form."""
+def _scores(s: object) -> tuple[Node, object, object, object, object, list[Node]] | None:
+    """(q @ k^T node, k, scale, softcap (0.0: none), mask, nodes) for the softmax input; None if it
+    is not that form."""
     nodes = []
     while isinstance(s, Node) and op_name(s) == "to" and cast_target(s) is not None:
         nodes.append(s)
         s = s.args[0]
     mask = None
     if is_op(s, "add"):
-        a, b = operands(s)
-        for x, m in ((a, b), (b, a)):
-            found = _scaled(x)
-            if found is not None and isinstance(m, Node):
-                nodes.append(s)
-                mask, s = m, x
-                break
-        else:
+        found = _masked(s)
+        if found is None:
             return None
+        mask, s, add_nodes = found
+        nodes += add_nodes
+    s, softcap, cap_nodes = _uncapped(s)
     found = _scaled(s)
     if found is None:
         return None
     mm, k, scale, scale_nodes = found
-    return mm, k, scale, mask, nodes + scale_nodes + [mm]
+    return mm, k, scale, softcap, mask, nodes + cap_nodes + scale_nodes + [mm]
+
+
+_TANH = (torch.tanh, torch.ops.aten.tanh.default)
+
+
+def _masked(s: Node) -> tuple[object, object, list[Node]] | None:
+    """(mask, scores, add nodes) for `scores + mask`, or T5's `(scores + bias) + mask`, whose mask is
+    then the pair (bias, mask): the op adds their sum, which is the graph's value wherever a mask
+    entry is 0 (and a hidden key either way where it is the dtype's minimum)."""
+    a, b = operands(s)
+    for x, m in ((a, b), (b, a)):
+        if not isinstance(m, Node):
+            continue
+        if _scaled(_uncapped(x)[0]) is not None:
+            return m, x, [s]
+        if is_op(x, "add"):
+            for y, bias in (operands(x), operands(x)[::-1]):
+                if isinstance(bias, Node) and _scaled(_uncapped(y)[0]) is not None:
+                    return (bias, m), y, [s, x]
+    return None
+
+
+def _uncapped(s: object) -> tuple[object, object, list[Node]]:
+    """(w, cap, nodes) for Gemma 2's softcap `tanh(w / cap) * cap` (either order of the product),
+    else (s, 0.0, [])."""
+    if is_op(s, "mul"):
+        a, b = operands(s)
+        for t, c in ((a, b), (b, a)):
+            tanh = isinstance(t, Node) and t.op == "call_function" and t.target in _TANH
+            d = t.args[0] if tanh else None
+            if is_op(d, "div") and (operands(d)[1] is c or _same_scalar(operands(d)[1], c)):
+                return operands(d)[0], c, [s, t, d]
+    return s, 0.0, []
+
+
+def _same_scalar(a: object, b: object) -> bool:
+    """Two numbers that are the same constant (a symbolic one only as the same node)."""
+    return (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
 
 
 def _scaled(s: object) -> tuple[Node, object, object, list[Node]] | None:
-    """(q @ k^T, k, scale, [the scaling node]) for `mm * c`, `c * mm`, `mm / c` or `mm` itself."""
-    if is_op(s, "mul", "div"):
+    """(q @ k^T, k, scale, [the scaling node]) for `mm * c`, `c * mm`, `mm / c` or `mm` itself.
+
+    Falcon's `scores /= math.sqrt(d)` is Dynamo's operator.itruediv: an in-place division of the
+    product, the same value as `mm / c` once nothing else reads the product (checked by the caller's
+    single-use test, which covers mm)."""
+    inplace = isinstance(s, Node) and s.op == "call_function" and s.target is operator.itruediv
+    if is_op(s, "mul", "div") or inplace:
+        name = "div" if inplace else op_name(s)
         a, b = operands(s)
         if _qk(a) is not None:
             mm, c = a, b
-        elif op_name(s) == "mul" and _qk(b) is not None:
+        elif name == "mul" and _qk(b) is not None:
             mm, c = b, a
         else:
             return None
-        if op_name(s) == "div":  # a graph value divisor stays unsupported: no constant scale to take
+        if name == "div":  # a graph value divisor stays unsupported: no constant scale to take
             c = (1.0 / c if c else math.inf) if isinstance(c, (int, float)) and not isinstance(c, bool) else ("/", c)
         return mm, _qk(mm), c, [s]
     k = _qk(s)
@@ -398,7 +465,7 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
     scores = _scores(arg(softmax, 0, "input"))
     if scores is None:
         return None
-    mm, k, scale, mask, before = scores
+    mm, k, scale, softcap, mask, before = scores
     q, v = mm.args[0], pv.args[1]
     xt = tensor(softmax)
     if xt is None or constant(arg(softmax, 1, "dim")) not in (-1, xt.dim() - 1):
@@ -416,11 +483,18 @@ def _eager(pv: Node) -> Rewrite | NearMiss | None:
                                   "serve")
     if not _finite_scalar(scale):
         return NearMiss(KIND, pv, "the scores are scaled by a graph value; the kernel needs a constant scale")
+    if softcap and not (_finite_scalar(softcap) and _hint(softcap) > 0):
+        return NearMiss(KIND, pv, "the logit softcap is not a positive constant; the kernel needs one at compile time")
+    pair = mask if isinstance(mask, tuple) else None
+    if pair is not None:  # checked as the sum the op will read
+        if any(tensor(t) is None or tensor(t).dtype == torch.bool for t in pair):
+            return NearMiss(KIND, pv, "the bias and mask added in turn are not both float tensors")
+        mask = tensor(pair[0]) + tensor(pair[1])
     if mask is not None and tensor(mask) is not None and tensor(mask).dtype == torch.bool:
         return NearMiss(KIND, pv, "a bool mask is added to the scores; the op's bool masks select, they do not add")
     k, v, repeat = _fold_gqa(k, v)
     why = _checks(pv, q, k, v, mask)
     if why:
         return NearMiss(KIND, pv, why)
-    return _rewrite(pv, q, k, v, mask, scale, False, [*weights, *before, mm.args[1], *repeat],
-                    "eager attention")
+    return _rewrite(pv, q, k, v, pair or mask, scale, False, [*weights, *before, mm.args[1], *repeat],
+                    "eager attention" + (" with a logit softcap" if softcap else ""), softcap)

@@ -190,6 +190,26 @@ def strip_casts(node: object) -> object:
     return node
 
 
+def cast_chain(node: object) -> tuple[object, list[Node]]:
+    """The value under a chain of dtype casts, and the casts."""
+    casts = []
+    while isinstance(node, Node) and op_name(node) == "to" and cast_target(node) is not None:
+        casts.append(node)
+        node = node.args[0]
+    return node, casts
+
+
+def follow_casts(node: Node, matched: list[Node]) -> Node:
+    """Steps through dtype casts that are the only use of `node`; returns the last one
+    (the earlier nodes join `matched`)."""
+    while True:
+        user = only_user(node)
+        if user is None or op_name(user) != "to" or cast_target(user) is None:
+            return node
+        matched.append(node)
+        node = user
+
+
 def only_user(node: Node) -> Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None

@@ -17,8 +17,9 @@ from torch.fx import Node
 from . import NearMiss, Rewrite, supported_dtype
 from .fx import (
     arg,
-    cast_target,
+    cast_chain,
     constant,
+    follow_casts,
     insert_call,
     is_op,
     is_scalar,
@@ -129,27 +130,18 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
             return NearMiss(KIND, rsqrt, "the upcast input is used elsewhere, which the op cannot serve")
 
     # Outwards from the normalized value: casts, an optional weight (plain, or Gemma's 1 + w), casts.
-    out = _follow_casts(scaled, matched)
+    out = follow_casts(scaled, matched)
     weight, offset = None, 0.0
     user = only_user(out)
     if user is not None and is_op(user, "mul"):
         weight, offset, weight_nodes = _weight(other_operand(user, out))
         if weight is not None:
             matched += [out, *weight_nodes]
-            out = _follow_casts(user, matched)
+            out = follow_casts(user, matched)
     why = _checks(out, x, weight)
     if why:
         return NearMiss(KIND, out, why)
     return _rewrite(out, x, weight, eps, offset, matched)
-
-
-def _cast_chain(node: object) -> tuple[object, list[Node]]:
-    """The value under a chain of dtype casts, and the casts."""
-    casts = []
-    while isinstance(node, Node) and op_name(node) == "to" and cast_target(node) is not None:
-        casts.append(node)
-        node = node.args[0]
-    return node, casts
 
 
 def _weight(w: object) -> tuple[Node | None, float, list[Node]]:
@@ -163,19 +155,8 @@ def _weight(w: object) -> tuple[Node | None, float, list[Node]]:
             offset, nodes, w = 1.0, [w], a
         else:
             return None, 0.0, []
-    base, casts = _cast_chain(w)
+    base, casts = cast_chain(w)
     t = tensor(base)
     if not isinstance(base, Node) or t is None or t.dim() != 1:
         return None, 0.0, []
     return base, offset, nodes + casts
-
-
-def _follow_casts(node: Node, matched: list[Node]) -> Node:
-    """Steps through dtype casts that are the only use of `node`; returns the last one
-    (the earlier nodes join `matched`)."""
-    while True:
-        user = only_user(node)
-        if user is None or op_name(user) != "to" or cast_target(user) is None:
-            return node
-        matched.append(node)
-        node = user

@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from . import NearMiss, Rewrite, supported_dtype
+from . import NearMiss, Rewrite, rope_deepseek, supported_dtype
 from .fx import (
     arg,
     cast_target,
@@ -41,6 +41,8 @@ KIND = "rope"
 
 
 def match(node: Node) -> Rewrite | NearMiss | None:
+    if is_op(node, "cat", "flatten"):
+        return rope_deepseek.match(node)  # DeepSeek's layouts, in their own module
     if not is_op(node, "add") or len(node.args) + len(node.kwargs) != 2:  # no alpha=
         return None
     a, b = operands(node)

@@ -15,6 +15,7 @@ import torch
 from helpers import emulated_metal, launched_variants  # noqa: F401 (emulated_metal: a fixture)
 from helpers import kernel_counts as kernels
 
+import mps_inductor_ext as mpsk
 from mps_inductor_ext.integrations import hf_attention
 
 transformers = pytest.importorskip("transformers")
@@ -100,21 +101,30 @@ def test_what_the_kernel_cannot_take_falls_back_with_one_note(caplog):
 
     with caplog.at_level(logging.WARNING, logger=hf_attention.__name__), launched_variants() as seen:
         drop = [dropped(hf_attention.mpsk_attention_forward) for _ in range(2)]
-        soft, _ = hf_attention.mpsk_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0)
         _, weights = hf_attention.mpsk_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0,
                                                          output_attentions=True)
     assert not seen
     assert all(torch.equal(out, dropped(sdpa_attention_forward)) for out in drop)
-    assert torch.equal(soft, eager_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0)[0])
     assert weights is not None  # the eager attention's weights, which SDPA would not return
     notes = [r.getMessage() for r in caplog.records if r.name == hf_attention.__name__]
     assert notes == [
         "mpsk attention: attention dropout > 0 (training with attention_dropout) has no kernel; using SDPA "
         "attention for such calls",
-        "mpsk attention: logit softcapping has no kernel (nor SDPA); using the model's eager attention for such calls",
         "mpsk attention: output_attentions=True needs the attention weights, which neither the kernel nor SDPA "
         "returns; using the model's eager attention for such calls",
     ]
+
+
+def test_gemma2_softcapping_runs_the_kernel():
+    q, k, v = qkv()
+    module = Attn(groups=2, is_causal=False)  # as the eager reference below: no mask at all
+    before = dict(hf_attention.calls)
+    with launched_variants() as seen:
+        got, weights = hf_attention.mpsk_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0)
+    assert weights is None and hf_attention.calls["kernel"] == before["kernel"] + 1
+    assert sum(n for name, n in kernels(seen).items() if name.startswith("attn_")) == 1
+    want = eager_attention_forward(module, q, k, v, None, scaling=0.25, softcap=5.0)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # Model level: a left-padded batch through tiny Llama and Mistral (sliding window 5 < the length).
@@ -193,3 +203,23 @@ def test_set_attn_implementation_switches_a_built_model():
             got = model(ids, attention_mask=mask).logits
     assert kernels(seen) == {"attn_prefill_float": hf_models.LAYERS}
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-4, atol=1e-4)
+
+
+def test_gemma2_under_patch_runs_its_softcapped_attention_on_the_kernel():
+    """transformers allows Gemma 2 only eager attention (SDPA has no softcap); "mpsk" takes it whole."""
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=64, sliding_window=4, attn_implementation="eager",
+                                    pad_token_id=0, attn_logit_softcapping=5.0)
+    model = transformers.Gemma2ForCausalLM(cfg).eval()
+    ids = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), mpsk.config.patch(emulate_metal=True):
+        ref = model(ids).logits
+        report = mpsk.patch(model)
+        before = dict(hf_attention.calls)
+        got = model(ids).logits
+        mpsk.unpatch(model)
+    assert sum(s.kind == "attention" for s in report.patched) == 2
+    assert hf_attention.calls == {"kernel": before["kernel"] + 2, "fallback": before["fallback"]}
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

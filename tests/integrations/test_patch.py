@@ -344,3 +344,13 @@ def test_a_half_precision_patched_model_stays_within_the_dtype_tolerance(dtype):
     # the two differ by the dtype's rounding, not more (logits here are below 1).
     torch.testing.assert_close(got.float(), ref.float(), rtol=TOLERANCES[dtype], atol=TOLERANCES[dtype])
 
+
+
+def test_the_rope_probe_sees_through_the_kernels_hub_wrapper():
+    """transformers >= 5.25 (which installs `kernels`) decorates apply_rotary_pos_emb with
+    `use_kernel_forward_from_hub`, making it an nn.Module of class `Func` whose signature is (*args, **kwargs)."""
+    hub = pytest.importorskip("kernels", reason="the `kernels` package is not installed (transformers < 5.25 "
+                                  "does not require it), so there is no hub wrapper to see through")
+    wrapped = hub.use_kernel_forward_from_hub("rotary_pos_emb")(gptj_style)
+    assert isinstance(wrapped, nn.Module)
+    assert rotary.recognize(wrapped) == rotary.RopeSpec(interleaved=True, partial=False)

@@ -1,6 +1,7 @@
 """Forms real models write that the patterns used to miss (issue 18), counted in whole tiny models:
 T5's RMSNorm (the variance of `x.to(float32)`, the product on the uncast x: T5 and its many copies),
-and RoPE with `q.float()` written once per product (ModernBERT, ESM)."""
+RoPE with `q.float()` written once per product (ModernBERT, ESM), Cohere's written-out LayerNorm,
+DeepSeek V3's interleaved-pair and V2's complex-number RoPE, and OLMo2's fp32 cos/sin with bf16 q/k."""
 
 from __future__ import annotations
 
@@ -38,8 +39,62 @@ def esm() -> tuple[torch.nn.Module, dict]:
     return transformers.EsmModel(cfg), {"rope": 2 * 2, "attention": 2, "layer_norm": 2 * 2 + 1}
 
 
+def cohere() -> tuple[torch.nn.Module, dict]:
+    cfg = transformers.CohereConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                    attn_implementation="sdpa", pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    # CohereLayerNorm: one per layer (attention and MLP run in parallel on it) and the final one.
+    return transformers.CohereForCausalLM(cfg), {"layer_norm": 2 + 1, "rope": 2 * 2, "attention": 2}
+
+
+def _deepseek(config_cls, model_cls, **extra) -> torch.nn.Module:
+    cfg = config_cls(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                     num_hidden_layers=2, first_k_dense_replace=2, num_attention_heads=4, num_key_value_heads=4,
+                     max_position_embeddings=64, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+                     qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                     attn_implementation="sdpa", pad_token_id=0, **extra)
+    return model_cls(cfg)
+
+
+# DeepSeek (MLA, dense MLPs): q's and k's rotary parts per layer; RMSNorms: input, post-attention and
+# kv_a_layernorm per layer, and the final one.
+DEEPSEEK = {"rope": 2 * 2, "attention": 2, "rms_norm": 3 * 2 + 1}
+
+
+def deepseek_v3() -> tuple[torch.nn.Module, dict]:
+    model = _deepseek(transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM, n_group=1, topk_group=1)
+    assert model.config.rope_interleave  # apply_rotary_pos_emb_interleave
+    return model, DEEPSEEK
+
+
+def deepseek_v2() -> tuple[torch.nn.Module, dict]:
+    return _deepseek(transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM), DEEPSEEK
+
+
+def olmo2() -> tuple[torch.nn.Module, dict]:
+    cfg = transformers.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   attn_implementation="sdpa", pad_token_id=0)
+    # Run in bf16, where the rotary embedding's cos/sin stay fp32: q and k are rotated in fp32 and cast
+    # back. RMSNorms: q_norm and k_norm (over the whole projection), post-attention and
+    # post-feedforward per layer, and the final one.
+    return transformers.Olmo2ForCausalLM(cfg).to(torch.bfloat16), {"rope": 2 * 2, "attention": 2,
+                                                                     "rms_norm": 4 * 2 + 1}
+
+
+def gemma2() -> tuple[torch.nn.Module, dict]:
+    cfg = transformers.Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=64, sliding_window=4, attn_implementation="eager",
+                                    pad_token_id=0)
+    assert cfg.attn_logit_softcapping  # tanh between the scores and the softmax, in every layer
+    # RMSNorms (1 + w): input, post-attention, pre- and post-feedforward per layer, and the final one.
+    return transformers.Gemma2ForCausalLM(cfg), {"attention": 2, "rope": 2 * 2, "rms_norm": 4 * 2 + 1}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [t5, modernbert, esm], ids=["t5", "modernbert", "esm"])
+@pytest.mark.parametrize("build", [t5, modernbert, esm, cohere, deepseek_v3, deepseek_v2, olmo2, gemma2],
+                         ids=["t5", "modernbert", "esm", "cohere", "deepseek_v3", "deepseek_v2", "olmo2", "gemma2"])
 def test_every_site_is_replaced(build):
     torch.manual_seed(0)
     model, expected = build()
@@ -54,5 +109,5 @@ def test_every_site_is_replaced(build):
         got = torch.compile(model, backend="mpsk")(**inputs)[0]
         ref = model(**inputs)[0]
     assert dict(mpsk.counters) == expected
-    tol = tolerance(torch.float32)
-    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    tol = tolerance(got.dtype)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=tol, atol=tol)
