@@ -5,13 +5,19 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from . import NearMiss, Rewrite, supported_dtype
-from .fx import arg, constant, insert_call, is_scalar, op_name, scalar, scalar_nodes, tensor
+from . import NearMiss, Norm, Rewrite, supported_dtype
+from .fx import arg, constant, is_scalar, op_name, scalar, scalar_nodes, tensor
 
 KIND = "layer_norm"
 
 
 def match(node: Node) -> Rewrite | NearMiss | None:
+    found = find(node)
+    return found.rewrite() if isinstance(found, Norm) else found
+
+
+def find(node: Node) -> Norm | NearMiss | None:
+    """The LayerNorm at `node`, before it is turned into a rewrite (add_layer_norm extends it)."""
     if op_name(node) != "layer_norm":
         return None
     x, weight, bias = arg(node, 0, "input"), arg(node, 2, "weight"), arg(node, 3, "bias")
@@ -30,8 +36,5 @@ def match(node: Node) -> Rewrite | NearMiss | None:
             why = f"the {name} is {getattr(tt, 'dtype', 'unknown')} but the input is {xt.dtype}"
     if why:
         return NearMiss(KIND, node, why)
-
-    def build(graph):
-        return insert_call(graph, node, torch.ops.mpsk.layer_norm.default, (x, weight, bias, scalar(eps)))
-
-    return Rewrite(KIND, node, [t for t in (x, weight, bias) if t is not None], build, scalar_nodes(eps))
+    return Norm(KIND, torch.ops.mpsk.layer_norm.default, node, x, (weight, bias, scalar(eps)),
+                [t for t in (weight, bias) if t is not None], scalar_nodes(eps))
