@@ -94,6 +94,11 @@ class _RendersLaunch:
         """Plan tensor name -> the wrapper's name of the buffer Inductor allocated for it."""
         raise NotImplementedError
 
+    def unused_outputs(self) -> list[Scratch]:
+        """Outputs the graph never reads (Inductor removed their buffers): the kernel still writes
+        them, so the call allocates them as scratch."""
+        return []
+
     def render(self, wrapper) -> None:
         writer = CppLaunchWriter(self, wrapper) if V.graph.cpp_wrapper else PythonLaunchWriter(self, wrapper)
         writer.write()
@@ -162,16 +167,26 @@ class MpskMultiKernel(_RendersLaunch, ir.ExternKernel):
     def should_allocate(self) -> bool:
         return False
 
+    def _used(self) -> list[tuple[str, ir.MultiOutput]]:
+        return [(name, out) for name, out in zip(self.output_names, self.outputs, strict=True)
+                if out.get_name() not in V.graph.removed_buffers]
+
     def output_buffers(self) -> dict[str, str]:
-        return {name: out.get_name() for name, out in zip(self.output_names, self.outputs, strict=True)}
+        return {name: out.get_name() for name, out in self._used()}
+
+    def unused_outputs(self) -> list[Scratch]:
+        used = dict(self._used())
+        return [Scratch(name, tuple(out.get_size()), out.get_dtype())
+                for name, out in zip(self.output_names, self.outputs, strict=True) if name not in used]
 
     def codegen(self, wrapper) -> None:
         self.codegen_comment(wrapper)
-        for out in self.outputs:
+        used = [out for _, out in self._used()]
+        for out in used:
             wrapper.codegen_allocation(out)
         self.render(wrapper)
         if not V.graph.cpp_wrapper:  # the packed value Inductor deletes once its outputs are taken
-            wrapper.writeline(f"{self.get_name()} = ({', '.join(o.get_name() for o in self.outputs)},)")
+            wrapper.writeline(f"{self.get_name()} = ({''.join(o.get_name() + ', ' for o in used)})")
 
 
 class _LaunchWriter(abc.ABC):
@@ -187,13 +202,14 @@ class _LaunchWriter(abc.ABC):
         refs = {name: self.node.input_reference(name) for name in self.node.tensors}
         self.begin()
         tensors = self.node.output_buffers()
-        for s in self.node.plan.scratch:
+        scratch = [*self.node.plan.scratch, *self.node.unused_outputs()]
+        for s in scratch:
             tensors[s.name] = self.scratch(s)
         for name, (ref, view) in refs.items():
             tensors[name] = ref if view is None else self.view(name, ref, view)
         for i, launch in enumerate(self.node.plan.launches):
             self.launch(i, launch, tensors)
-        self.end([tensors[s.name] for s in self.node.plan.scratch])
+        self.end([tensors[s.name] for s in scratch])
 
     def function(self, launch: KernelLaunch) -> str:
         """The wrapper-level kernel function name, defining library and function once per wrapper."""
