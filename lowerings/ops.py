@@ -77,6 +77,16 @@ def _operand(x, shape=None) -> Operand:
     return Operand(x, x.get_dtype(), shape, tuple(ir.FlexibleLayout.contiguous_strides(shape)), aligned)
 
 
+def _shared(x):
+    """`x` computed into a buffer of its own before an op copies it contiguous: a value every layer
+    reads, such as the static-cache mask HF builds once per forward, is then computed once, where
+    Inductor would otherwise recompute a cheap pointwise value into each reader's copy (one launch
+    per layer)."""
+    if isinstance(x, ir.TensorBox):
+        x.realize()
+    return x
+
+
 def _kernel(op, like, size, launch: OpLaunch, runtime, substitutions=None):
     layout = ir.FixedLayout(like.get_device(), like.get_dtype(), list(size),
                             ir.FlexibleLayout.contiguous_strides(size))
@@ -167,7 +177,7 @@ def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window
     skv = decide(Skv, policy.split_kv_above, "skv", subs) if sq <= policy.decode_max_q else Skv
     qo = _operand(q, (B, Hq, sq, D))
     ko, vo = _operand(k, (B, k.get_size()[1], skv, D)), _operand(v, (B, v.get_size()[1], skv, Dv))
-    mask = None if attn_mask is None else _operand(attn_mask)
+    mask = None if attn_mask is None else _operand(_shared(attn_mask))
     launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime)
     return _kernel(torch.ops.mpsk.attention.default, q, [B, Hq, Sq, Dv], launch, runtime, subs)
 

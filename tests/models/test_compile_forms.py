@@ -33,7 +33,10 @@ def model_and_counts(name: str) -> tuple[torch.nn.Module, dict[str, int]]:
     if name == "gemma3":
         model = gemma3()
         layers = model.config.num_hidden_layers
-        return model, {"rms_norm": 6 * layers + 1, "rope": 2 * layers, "attention": layers}
+        # pre_feedforward_layernorm and the next input_layernorm (or the final norm) read residual
+        # sums; input_layernorm of layer 0, post_attention / post_feedforward and q/k norms do not.
+        return model, {"rms_norm": 4 * layers + 1, "add_rms_norm": 2 * layers, "rope": 2 * layers,
+                       "attention": layers}
     model = build(name, "sdpa")
     return model, expected_counts(name, model.config)
 
