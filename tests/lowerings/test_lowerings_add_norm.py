@@ -52,7 +52,7 @@ def test_both_outputs_from_one_launch(cpp):
     assert "fused_add" not in code  # the add is inside the Metal kernel, not an Inductor kernel
 
 
-@pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
+@pytest.mark.parametrize("cpp", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["python", "cpp"])
 def test_an_unused_sum_is_written_to_scratch(cpp):
     args = inputs()
     out, code = compiled(h_unused, args, cpp)

@@ -6,11 +6,14 @@ Per layer is the difference between a 2-layer and a 1-layer model, so the per-fo
 (embedding, first norm, cos/sin, the mask, LM head) is not in it. The counts are exact: a change
 that adds or removes a launch must say so here.
 
-mpsk today: each residual add is inside the norm after it (add_rms_norm), and the static-cache mask
-is computed once per forward, not once per layer. Per decode layer that leaves 7 matmuls, q and k
-RoPE (2), the k and v cache writes (2, Inductor kernels), attention, two add_rms_norm, SwiGLU's
-silu * up and the cache's length update: 16, against Inductor's 14; the RoPE and cache-write
-launches are the next to fold (issue 15).
+mpsk today: each residual add is inside the norm after it (add_rms_norm: 2 launches fewer per
+layer than with the add_rms_norm pattern off, measured), and the static-cache mask is computed once
+per forward, not once per layer (1 fewer). Per decode layer that leaves 7 matmuls, q and k RoPE (2),
+the k and v cache writes (2, Inductor kernels), attention, two add_rms_norm, SwiGLU's silu * up and
+the cache's length update: 16, as many as Inductor's. Prefill adds the contiguous copies of q and k
+before RoPE, cos/sin per layer and the attention output's copy: 24 against Inductor's 19. RoPE
+reading strides, q and k in one launch, and k/v written into the cache by the RoPE launch are next
+(issue 15).
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ def per_layer(backend: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_mpsk_launches_per_layer():
-    assert per_layer("mpsk") == {"prefill": 18, "decode": 16}
+    assert per_layer("mpsk") == {"prefill": 24, "decode": 16}
 
 
 @pytest.mark.slow
 def test_inductor_launches_per_layer():
-    assert per_layer("inductor") == {"prefill": 16, "decode": 14}
+    assert per_layer("inductor") == {"prefill": 19, "decode": 16}

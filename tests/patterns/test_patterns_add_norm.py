@@ -50,7 +50,10 @@ def grads(out, x, model):
     return torch.autograd.grad(out.square().sum(), (x, *model.parameters()))
 
 
-@pytest.mark.parametrize("name", NORMS)
+# Llama's written-out form and nn.LayerNorm on every run; Gemma's offset and nn.RMSNorm (the same
+# finder paths as the plain norm's tests) in the slow set, for time.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in ("gemma", "nn.RMSNorm") else [])
+                                  for n in NORMS])
 def test_pre_norm_stack_outputs_and_gradients(name):
     make, kind = NORMS[name]
     torch.manual_seed(0)
