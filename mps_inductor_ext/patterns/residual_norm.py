@@ -19,6 +19,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 
+from torch.fx import Node
+
 from . import NearMiss, Norm, Rewrite
 from .fx import insert_call, is_op, operands, tensor
 
@@ -28,7 +30,7 @@ def fuse(found: Norm | NearMiss | None, kind: str, op: Callable) -> Rewrite | Ne
     norm's pattern, later in the registry, then takes it)."""
     if not isinstance(found, Norm):
         return None
-    add = found.x
+    add, casts = _under_same_dtype_casts(found.x)
     if not is_op(add, "add") or len(add.args) + len(add.kwargs) != 2:  # an alpha= is not a plain sum
         return None
     x, residual = operands(add)
@@ -41,9 +43,9 @@ def fuse(found: Norm | NearMiss | None, kind: str, op: Callable) -> Rewrite | Ne
     if not xt.dtype == rt.dtype == ht.dtype:
         return NearMiss(kind, found.anchor, f"the residual add mixes {xt.dtype} and {rt.dtype}; the fused op "
                                             f"adds in one dtype")
-    inner = {found.anchor, *found.matched}
+    inner = {found.anchor, *found.matched, *casts}
     order = {n: i for i, n in enumerate(add.graph.nodes)}
-    if any(order[u] < order[found.anchor] for u in add.users if u not in inner):
+    if any(order[u] < order[found.anchor] for v in (add, *casts) for u in v.users if u not in inner):
         return NearMiss(kind, found.anchor, "the residual sum is used before the norm's result is; the fused op "
                                             "computes both at the norm")
 
@@ -59,7 +61,21 @@ def fuse(found: Norm | NearMiss | None, kind: str, op: Callable) -> Rewrite | Ne
             for key in ("example_value", "val"):
                 if key in value.meta:
                     out.meta[key] = value.meta[key]
-        add.replace_all_uses_with(h, delete_user_cb=lambda user: user not in inner)
+        for v in (add, *casts):  # the casts are the sum itself, so their readers read h too
+            v.replace_all_uses_with(h, delete_user_cb=lambda user: user not in inner)
         return y
 
-    return Rewrite(kind, found.anchor, [x, residual, *found.affine], build, [*found.matched, add])
+    return Rewrite(kind, found.anchor, [x, residual, *found.affine], build, [*found.matched, *casts, add])
+
+
+def _under_same_dtype_casts(node: object) -> tuple[object, list[Node]]:
+    """The value under casts to the dtype it already has (torch.export keeps `x.to(torch.float32)` of
+    a float32 x as a node, and later readers of x may read the cast), and those casts."""
+    casts = []
+    while is_op(node, "to") and isinstance(node.args[0], Node):
+        t, inner = tensor(node), tensor(node.args[0])
+        if t is None or inner is None or t.dtype != inner.dtype:
+            break
+        casts.append(node)
+        node = node.args[0]
+    return node, casts
