@@ -122,3 +122,18 @@ def test_switched_off_the_plain_norm_takes_it():
     with mpsk.config.patch(patterns={"add_rms_norm": False}):
         compile_and_run(model, torch.randn(2, D))
     assert mpsk.counters == {"rms_norm": 3}
+
+
+def test_torch_export_graph_casts_of_the_sum_are_looked_through():
+    """torch.export keeps Llama's `h.to(torch.float32)` of a float32 sum as a node, and later readers
+    of the sum (the next residual add) read that cast: the fused op serves them too."""
+    from mps_inductor_ext import patterns
+    from mps_inductor_ext.patterns.fx import drop_metadata_checks
+
+    torch.manual_seed(0)
+    model = PreNormStack(lambda: LlamaRMSNorm(D)).eval()
+    graph = torch.export.export(model, (torch.randn(2, D),)).graph_module.graph
+    drop_metadata_checks(graph)
+    with mpsk.config.patch(emulate_metal=True):
+        assert dict(patterns.apply(graph)) == {"add_rms_norm": 2, "rms_norm": 1}
+    graph.lint()
