@@ -32,11 +32,11 @@ MODELS = ("tiny_llama", "hf_llama")
 class HFLlamaRunner:
     """transformers' LlamaForCausalLM from a tiny config (random weights) with a StaticCache."""
 
-    def __init__(self):
+    def __init__(self, layers: int = 2):
         import transformers
 
         torch.manual_seed(0)
-        cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LEN,
                                        attn_implementation="sdpa")
         self.model = transformers.LlamaForCausalLM(cfg).eval().to("mps")

@@ -63,15 +63,54 @@ def _names(wrapper) -> tuple[dict, dict]:
     return wrapper.__dict__.setdefault(_NAMES_ATTR, ({}, {}))
 
 
-class MpskKernel(ir.ExternKernelOut):
-    """One mpsk op call lowered to the Metal kernel launches of `launch`.
+class _RendersLaunch:
+    """What MpskKernel and MpskMultiKernel share: the launch's operands as the node's inputs, sizes,
+    and rendering the plan into the wrapper of the graph being compiled."""
 
-    Its inputs are the launch's distinct operand buffers; `tensors` maps each plan tensor name to
-    an index into them and the dtype the kernel reads it as (None: its own; torch.uint8 for a bool
-    mask, as the eager op binds it); the name "out" is this node's own buffer. `substitutions`
-    maps stand-in symbols the lowering gave the launch function back to the graph's size
-    expressions (lowerings.decided_size). `runtime` is where the kernels run: "mps", or "cpu" for
-    the emulator.
+    def _bind(self, launch: OpLaunch, substitutions, runtime: str) -> list[ir.IRNode]:
+        """The launch's distinct operand buffers (the node's inputs); `tensors` maps each plan tensor
+        name to an index into them and the dtype the kernel reads it as (None: its own;
+        torch.uint8 for a bool mask, as the eager op binds it)."""
+        inputs: list[ir.IRNode] = []
+        tensors: dict[str, tuple[int, torch.dtype | None]] = {}
+        for name, operand in launch.operands.items():
+            if not any(operand.value is i for i in inputs):
+                inputs.append(operand.value)
+            tensors[name] = (next(n for n, i in enumerate(inputs) if i is operand.value), operand.read_as)
+        self.tensors = tensors
+        self.plan = launch.plan
+        self.runtime = runtime
+        self.substitutions = dict(substitutions or {})
+        return inputs
+
+    def size(self, value) -> sympy.Expr:
+        return normalize(value, self.substitutions)
+
+    def input_reference(self, name: str) -> tuple[str, torch.dtype | None]:
+        index, view = self.tensors[name]
+        return self.inputs[index].codegen_reference(), view
+
+    def output_buffers(self) -> dict[str, str]:
+        """Plan tensor name -> the wrapper's name of the buffer Inductor allocated for it."""
+        raise NotImplementedError
+
+    def unused_outputs(self) -> list[Scratch]:
+        """Outputs the graph never reads (Inductor removed their buffers): the kernel still writes
+        them, so the call allocates them as scratch."""
+        return []
+
+    def render(self, wrapper) -> None:
+        writer = CppLaunchWriter(self, wrapper) if V.graph.cpp_wrapper else PythonLaunchWriter(self, wrapper)
+        writer.write()
+
+
+class MpskKernel(_RendersLaunch, ir.ExternKernelOut):
+    """One mpsk op call lowered to the Metal kernel launches of `launch`; its one output ("out") is
+    this node's own buffer.
+
+    `substitutions` maps stand-in symbols the lowering gave the launch function back to the graph's
+    size expressions (lowerings.decided_size). `runtime` is where the kernels run: "mps", or "cpu"
+    for the emulator.
     """
 
     def __init__(
@@ -83,35 +122,77 @@ class MpskKernel(ir.ExternKernelOut):
         op: torch._ops.OpOverload,
         substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
     ) -> None:
-        inputs: list[ir.IRNode] = []
-        tensors: dict[str, tuple[int, torch.dtype | None]] = {}
-        for name, operand in launch.operands.items():
-            if not any(operand.value is i for i in inputs):
-                inputs.append(operand.value)
-            tensors[name] = (next(n for n, i in enumerate(inputs) if i is operand.value), operand.read_as)
+        if launch.outputs != ("out",):
+            raise ValueError(f"MpskKernel renders a launch with one output; this one writes {launch.outputs}")
+        inputs = self._bind(launch, substitutions, runtime)
         super().__init__(layout, inputs, python_kernel_name=f"mpsk_metal.{op._opname}", op_overload=op)
-        self.tensors = tensors
-        self.plan = launch.plan
-        self.runtime = runtime
-        self.substitutions = dict(substitutions or {})
 
-    def size(self, value) -> sympy.Expr:
-        return normalize(value, self.substitutions)
-
-    def input_reference(self, name: str) -> tuple[str, torch.dtype | None]:
-        index, view = self.tensors[name]
-        return self.inputs[index].codegen_reference(), view
+    def output_buffers(self) -> dict[str, str]:
+        return {"out": self.get_name()}
 
     def codegen(self, wrapper) -> None:
         self.codegen_comment(wrapper)
-        writer = CppLaunchWriter(self, wrapper) if V.graph.cpp_wrapper else PythonLaunchWriter(self, wrapper)
-        writer.write()
+        self.render(wrapper)
+
+
+class MpskMultiKernel(_RendersLaunch, ir.ExternKernel):
+    """An mpsk op call with several outputs (add_rms_norm's (y, h)), lowered to one launch writing all.
+
+    In the manner of Inductor's multi-output `.out()` kernels: this node has a MultiOutputLayout and
+    no buffer of its own; each output is an `AllocatingMultiOutput` child that Inductor plans and
+    frees like any buffer, allocated here just before the launch that writes it. `outputs` gives
+    each child's layout in the order of `launch.outputs`.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        outputs: list[ir.Layout],
+        launch: OpLaunch,
+        *,
+        runtime: str,
+        op: torch._ops.OpOverload,
+        substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
+    ) -> None:
+        if len(outputs) != len(launch.outputs):
+            raise ValueError(f"{len(outputs)} output layouts for a launch writing {launch.outputs}")
+        inputs = self._bind(launch, substitutions, runtime)
+        super().__init__(None, ir.MultiOutputLayout(device=device), self.unwrap_storage(inputs),
+                         python_kernel_name=f"mpsk_metal.{op._opname}", op_overload=op)
+        self.name = V.graph.register_buffer(self)
+        V.graph.register_operation(self)
+        self.outputs = [ir.AllocatingMultiOutput(layout, self, [(tuple, i)]) for i, layout in enumerate(outputs)]
+        self.output_names = launch.outputs
+
+    def should_allocate(self) -> bool:
+        return False
+
+    def _used(self) -> list[tuple[str, ir.MultiOutput]]:
+        return [(name, out) for name, out in zip(self.output_names, self.outputs, strict=True)
+                if out.get_name() not in V.graph.removed_buffers]
+
+    def output_buffers(self) -> dict[str, str]:
+        return {name: out.get_name() for name, out in self._used()}
+
+    def unused_outputs(self) -> list[Scratch]:
+        used = dict(self._used())
+        return [Scratch(name, tuple(out.get_size()), out.get_dtype())
+                for name, out in zip(self.output_names, self.outputs, strict=True) if name not in used]
+
+    def codegen(self, wrapper) -> None:
+        self.codegen_comment(wrapper)
+        used = [out for _, out in self._used()]
+        for out in used:
+            wrapper.codegen_allocation(out)
+        self.render(wrapper)
+        if not V.graph.cpp_wrapper:  # the packed value Inductor deletes once its outputs are taken
+            wrapper.writeline(f"{self.get_name()} = ({''.join(o.get_name() + ', ' for o in used)})")
 
 
 class _LaunchWriter(abc.ABC):
     """Renders an MpskKernel's plan: scratch buffers, then each launch's argument binding and dispatch."""
 
-    def __init__(self, node: MpskKernel, wrapper) -> None:
+    def __init__(self, node: _RendersLaunch, wrapper) -> None:
         self.node, self.wrapper = node, wrapper
         self.prefix = node.get_name()
 
@@ -120,14 +201,15 @@ class _LaunchWriter(abc.ABC):
         # declare size arrays, which the wrapper caches by value and reuses at later call sites.
         refs = {name: self.node.input_reference(name) for name in self.node.tensors}
         self.begin()
-        tensors = {"out": self.node.get_name()}
-        for s in self.node.plan.scratch:
+        tensors = self.node.output_buffers()
+        scratch = [*self.node.plan.scratch, *self.node.unused_outputs()]
+        for s in scratch:
             tensors[s.name] = self.scratch(s)
         for name, (ref, view) in refs.items():
             tensors[name] = ref if view is None else self.view(name, ref, view)
         for i, launch in enumerate(self.node.plan.launches):
             self.launch(i, launch, tensors)
-        self.end([tensors[s.name] for s in self.node.plan.scratch])
+        self.end([tensors[s.name] for s in scratch])
 
     def function(self, launch: KernelLaunch) -> str:
         """The wrapper-level kernel function name, defining library and function once per wrapper."""

@@ -38,7 +38,7 @@ from ..ops import softmax as softmax_mod
 from ..ops.common import metal_runtime
 from ..ops.operands import Operand, OpLaunch
 from .decided_size import decide, static_int
-from .mpsk_kernel import MpskKernel
+from .mpsk_kernel import MpskKernel, MpskMultiKernel
 
 
 def _runtime(x) -> str | None:
@@ -77,16 +77,37 @@ def _operand(x, shape=None) -> Operand:
     return Operand(x, x.get_dtype(), shape, tuple(ir.FlexibleLayout.contiguous_strides(shape)), aligned)
 
 
+def _shared(x):
+    """`x` computed into a buffer of its own before an op copies it contiguous: a value every layer
+    reads, such as the static-cache mask HF builds once per forward, is then computed once, where
+    Inductor would otherwise recompute a cheap pointwise value into each reader's copy (one launch
+    per layer)."""
+    if isinstance(x, ir.TensorBox):
+        x.realize()
+    return x
+
+
 def _kernel(op, like, size, launch: OpLaunch, runtime, substitutions=None):
     layout = ir.FixedLayout(like.get_device(), like.get_dtype(), list(size),
                             ir.FlexibleLayout.contiguous_strides(size))
     return ir.TensorBox.create(MpskKernel(layout, launch, runtime=runtime, op=op, substitutions=substitutions))
 
 
-def _norm_operands(input, weight, bias):
+def _kernels(op, like, size, launch: OpLaunch, runtime, substitutions=None) -> tuple:
+    """The outputs of an op with several (launch.outputs, each of `size` like `like`), one launch."""
+    layout = ir.FixedLayout(like.get_device(), like.get_dtype(), list(size), ir.FlexibleLayout.contiguous_strides(size))
+    node = MpskMultiKernel(like.get_device(), [layout] * len(launch.outputs), launch, runtime=runtime, op=op,
+                           substitutions=substitutions)
+    return tuple(ir.TensorBox.create(out) for out in node.outputs)
+
+
+def _rows(input) -> Operand:
     size = input.get_size()
-    x = _operand(input, (sympy.Mul(*size[:-1]), size[-1]))  # a symbolic row length: the looped form
-    return x, *(None if t is None else _operand(t) for t in (weight, bias))
+    return _operand(input, (sympy.Mul(*size[:-1]), size[-1]))  # a symbolic row length: the looped form
+
+
+def _norm_operands(input, weight, bias):
+    return _rows(input), *(None if t is None else _operand(t) for t in (weight, bias))
 
 
 def lower_rms_norm(input, weight, eps, weight_offset=0.0):
@@ -104,6 +125,24 @@ def lower_layer_norm(input, weight, bias, eps):
         return None
     launch = norm_mod.layer_norm_launch(*_norm_operands(input, weight, bias), eps, runtime)
     return _kernel(torch.ops.mpsk.layer_norm.default, input, input.get_size(), launch, runtime)
+
+
+def lower_add_rms_norm(x, residual, weight, eps, weight_offset=0.0):
+    runtime = _runtime(x)
+    if runtime is None or _empty(x.get_size()):
+        return None
+    xo, w, _ = _norm_operands(x, weight, None)
+    launch = norm_mod.add_rms_norm_launch(xo, _rows(residual), w, eps, weight_offset, runtime)
+    return _kernels(torch.ops.mpsk.add_rms_norm.default, x, x.get_size(), launch, runtime)
+
+
+def lower_add_layer_norm(x, residual, weight, bias, eps):
+    runtime = _runtime(x)
+    if runtime is None or _empty(x.get_size()):
+        return None
+    xo, w, b = _norm_operands(x, weight, bias)
+    launch = norm_mod.add_layer_norm_launch(xo, _rows(residual), w, b, eps, runtime)
+    return _kernels(torch.ops.mpsk.add_layer_norm.default, x, x.get_size(), launch, runtime)
 
 
 def lower_softmax(input, dim, log=False):
@@ -138,7 +177,7 @@ def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window
     skv = decide(Skv, policy.split_kv_above, "skv", subs) if sq <= policy.decode_max_q else Skv
     qo = _operand(q, (B, Hq, sq, D))
     ko, vo = _operand(k, (B, k.get_size()[1], skv, D)), _operand(v, (B, v.get_size()[1], skv, Dv))
-    mask = None if attn_mask is None else _operand(attn_mask)
+    mask = None if attn_mask is None else _operand(_shared(attn_mask))
     launch = attention_mod.attention_launch(qo, ko, vo, mask, scale, is_causal, window, runtime, softcap)
     return _kernel(torch.ops.mpsk.attention.default, q, [B, Hq, Sq, Dv], launch, runtime, subs)
 

@@ -67,10 +67,13 @@ def _family(name: str, module: str, kernels: str, policy: str | None) -> OpFamil
 
 
 # In the order the pattern pass runs them: a pattern that contains another comes first (eager
-# attention holds a softmax; a written-out LayerNorm holds an RMSNorm of the centered value).
+# attention holds a softmax; a residual add and the norm of its sum hold that norm; a written-out
+# LayerNorm holds an RMSNorm of the centered value).
 FAMILIES: tuple[OpFamily, ...] = (
     _family("attention", "attention", kernels="attention", policy="attention"),
     _family("rope", "rope", kernels="rope", policy="rope"),
+    _family("add_layer_norm", "norm", kernels="norm", policy="norm"),
+    _family("add_rms_norm", "norm", kernels="norm", policy="norm"),
     _family("layer_norm", "norm", kernels="norm", policy="norm"),
     _family("rms_norm", "norm", kernels="norm", policy="norm"),
     _family("softmax", "softmax", kernels="softmax", policy="softmax"),

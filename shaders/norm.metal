@@ -6,10 +6,14 @@
 //   NREG         0 for the looped form (rows longer than one pass, read twice),
 //                else the loads per thread kept in registers (row read once);
 //                the two forms are separate kernel bodies below
+//   ADD_RESIDUAL 1 for add_rms_norm / add_layer_norm: the row normalized is
+//                h = x + residual, rounded to DTYPE as the graph rounds it, and h
+//                is written too (each input read once, each output written once)
 //   HAS_WEIGHT, HAS_BIAS, EPS, WEIGHT_OFFSET, DTYPE, IDX64 (common.metal)
 //
-// Buffers (in order): out, x, [weight], [bias], then int64 n_cols,
-// x_row_stride, out_row_stride (in elements).
+// Buffers (in order): out, [h], x, [residual], [weight], [bias], then int64
+// n_cols, x_row_stride, out_row_stride (h shares it), [residual_row_stride]
+// (in elements). [h] and [residual] are there under ADD_RESIDUAL.
 
 template <typename T>
 struct NormIO {
@@ -33,6 +37,18 @@ struct NormIO {
     row[c] = T(src[0]);
 #endif
   }
+
+#if ADD_RESIDUAL
+  // Loads x + residual at column c, rounds it to T (the graph's h), stores h
+  // and leaves the rounded value in dst as floats.
+  static inline void load_add(const device T* xr, const device T* rr, device T* hr, idx_t c, thread float* dst) {
+    float a[VEC], b[VEC];
+    load(xr, c, a);
+    load(rr, c, b);
+    for (int j = 0; j < VEC; ++j) dst[j] = float(T(a[j] + b[j]));
+    store(hr, c, dst);
+  }
+#endif
 };
 
 // Scale and shift applied to normalized column c + j.
@@ -47,11 +63,12 @@ inline float affine(float y, idx_t col, const device T* w, const device T* b) {
   return y;
 }
 
-#define NORM_PARAMS                                                                                          \
-  device T *out, const device T *x, NORM_WEIGHT_PARAM NORM_BIAS_PARAM constant long &n_cols,                 \
-      constant long &x_row_stride, constant long &out_row_stride, uint row [[threadgroup_position_in_grid]], \
-      uint tid [[thread_position_in_threadgroup]], uint tg_size [[threads_per_threadgroup]],                 \
-      uint lane [[thread_index_in_simdgroup]], uint simd_id [[simdgroup_index_in_threadgroup]],              \
+#define NORM_PARAMS                                                                                        \
+  device T *out, NORM_H_PARAM const device T *x,                                                           \
+      NORM_RES_PARAM NORM_WEIGHT_PARAM NORM_BIAS_PARAM constant long &n_cols, constant long &x_row_stride, \
+      constant long &out_row_stride, NORM_RES_STRIDE_PARAM uint row [[threadgroup_position_in_grid]],      \
+      uint tid [[thread_position_in_threadgroup]], uint tg_size [[threads_per_threadgroup]],               \
+      uint lane [[thread_index_in_simdgroup]], uint simd_id [[simdgroup_index_in_threadgroup]],            \
       uint n_simd [[simdgroups_per_threadgroup]]
 
 #if HAS_WEIGHT
@@ -69,10 +86,43 @@ inline float affine(float y, idx_t col, const device T* w, const device T* b) {
 #define NORM_B nullptr
 #endif
 
+#if ADD_RESIDUAL
+#define NORM_H_PARAM device T *h,
+#define NORM_RES_PARAM const device T *res,
+#define NORM_RES_STRIDE_PARAM constant long &res_row_stride,
+// xr, rr: this row of x and residual; hr, y: of h and out. The first pass over the
+// row reads x + residual (writing h); a later pass (the looped form) reads AGAIN,
+// h, which this thread itself wrote at the same columns.
+#define NORM_ROWS                                        \
+  const device T* xr = x + long(row) * x_row_stride;     \
+  const device T* rr = res + long(row) * res_row_stride; \
+  device T* hr = h + long(row) * out_row_stride;         \
+  device T* y = out + long(row) * out_row_stride;        \
+  const idx_t cols = idx_t(n_cols)
+#define LOAD_INPUT(c, dst) NormIO<T>::load_add(xr, rr, hr, c, dst)
+#define ROW_FIRST float(T(float(xr[0]) + float(rr[0])))
+#define AGAIN hr
+#else
+#define NORM_H_PARAM
+#define NORM_RES_PARAM
+#define NORM_RES_STRIDE_PARAM
 #define NORM_ROWS                                    \
   const device T* xr = x + long(row) * x_row_stride; \
   device T* y = out + long(row) * out_row_stride;    \
   const idx_t cols = idx_t(n_cols)
+#define LOAD_INPUT(c, dst) NormIO<T>::load(xr, c, dst)
+#define ROW_FIRST float(xr[0])
+#define AGAIN xr
+#endif
+
+// The fused forms are kernels of their own name (add_rms_norm_<dtype>, add_layer_norm_<dtype>).
+#if ADD_RESIDUAL
+#define RMS_NORM add_rms_norm
+#define LAYER_NORM add_layer_norm
+#else
+#define RMS_NORM rms_norm
+#define LAYER_NORM layer_norm
+#endif
 
 #if NREG > 0
 // Register form: each thread loads its NREG * VEC elements of the row once and keeps them.
@@ -93,7 +143,7 @@ inline void store_row(device T* y, thread const float* vals, idx_t cols, uint ti
 }
 
 template <typename T>
-kernel void rms_norm(NORM_PARAMS) {
+kernel void RMS_NORM(NORM_PARAMS) {
   threadgroup float scratch[32];
   NORM_ROWS;
   float vals[NREG * VEC];
@@ -101,7 +151,7 @@ kernel void rms_norm(NORM_PARAMS) {
   for (int r = 0; r < NREG; ++r) {
     const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
     if (c < cols) {
-      NormIO<T>::load(xr, c, vals + r * VEC);
+      LOAD_INPUT(c, vals + r * VEC);
       for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] * vals[r * VEC + j];
     }
   }
@@ -110,18 +160,18 @@ kernel void rms_norm(NORM_PARAMS) {
 }
 
 template <typename T>
-kernel void layer_norm(NORM_PARAMS) {
+kernel void LAYER_NORM(NORM_PARAMS) {
   threadgroup float scratch[32];
   NORM_ROWS;
   float vals[NREG * VEC];
   // Sums are taken around the row's first element, so a large common offset
   // does not swamp the fp32 accumulator.
-  const float pivot = float(xr[0]);
+  const float pivot = ROW_FIRST;
   float acc = 0.0f;
   for (int r = 0; r < NREG; ++r) {
     const idx_t c = (idx_t(r) * tg_size + tid) * VEC;
     if (c < cols) {
-      NormIO<T>::load(xr, c, vals + r * VEC);
+      LOAD_INPUT(c, vals + r * VEC);
       for (int j = 0; j < VEC; ++j) acc += vals[r * VEC + j] - pivot;
     }
   }
@@ -154,40 +204,40 @@ inline void normalize_row(device T* y, const device T* xr, idx_t cols, uint tid,
 }
 
 template <typename T>
-kernel void rms_norm(NORM_PARAMS) {
+kernel void RMS_NORM(NORM_PARAMS) {
   threadgroup float scratch[32];
   NORM_ROWS;
   float tmp[VEC];
   float acc = 0.0f;
   for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
-    NormIO<T>::load(xr, c, tmp);
+    LOAD_INPUT(c, tmp);
     for (int j = 0; j < VEC; ++j) acc += tmp[j] * tmp[j];
   }
   const float inv_rms = rsqrt(threadgroup_sum(acc, scratch, lane, simd_id, n_simd) / float(n_cols) + EPS);
-  normalize_row<T>(y, xr, cols, tid, tg_size, 0.0f, inv_rms, NORM_W, NORM_B);
+  normalize_row<T>(y, AGAIN, cols, tid, tg_size, 0.0f, inv_rms, NORM_W, NORM_B);
 }
 
 template <typename T>
-kernel void layer_norm(NORM_PARAMS) {
+kernel void LAYER_NORM(NORM_PARAMS) {
   threadgroup float scratch[32];
   NORM_ROWS;
   float tmp[VEC];
-  const float pivot = float(xr[0]);  // see the register form
+  const float pivot = ROW_FIRST;  // see the register form
   float acc = 0.0f;
   for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
-    NormIO<T>::load(xr, c, tmp);
+    LOAD_INPUT(c, tmp);
     for (int j = 0; j < VEC; ++j) acc += tmp[j] - pivot;
   }
   const float mean = pivot + threadgroup_sum(acc, scratch, lane, simd_id, n_simd) / float(n_cols);
   float dev = 0.0f;
   for (idx_t c = idx_t(tid) * VEC; c < cols; c += idx_t(tg_size) * VEC) {
-    NormIO<T>::load(xr, c, tmp);
+    NormIO<T>::load(AGAIN, c, tmp);
     for (int j = 0; j < VEC; ++j) dev += (tmp[j] - mean) * (tmp[j] - mean);
   }
   const float rstd = rsqrt(threadgroup_sum(dev, scratch, lane, simd_id, n_simd) / float(n_cols) + EPS);
-  normalize_row<T>(y, xr, cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
+  normalize_row<T>(y, AGAIN, cols, tid, tg_size, mean, rstd, NORM_W, NORM_B);
 }
 #endif
 
-INSTANTIATE_KERNEL(rms_norm)
-INSTANTIATE_KERNEL(layer_norm)
+INSTANTIATE_KERNEL(RMS_NORM)
+INSTANTIATE_KERNEL(LAYER_NORM)

@@ -52,9 +52,15 @@ def expected_counts(name: str, config) -> dict[str, int]:
     per block and ln_f (nn.LayerNorm), one attention per block, learned positions (no RoPE). The
     eager attention's softmax is part of its attention, and nothing else takes a softmax, so no
     softmax is replaced on its own.
+
+    Of those norms, every one that reads a residual sum is the fused add_rms_norm / add_layer_norm:
+    post_attention_layernorm (ln_2) after `residual + attn`, the next layer's input_layernorm
+    (ln_1) after `residual + mlp`, and the final norm after the last layer's: two per layer. The
+    first layer's input norm reads the embedding (GPT-2: through the embedding dropout) and stays
+    a plain norm, as do q_norm and k_norm.
     """
     layers = config.num_hidden_layers
     if name == "gpt2":
-        return {"layer_norm": 2 * layers + 1, "attention": layers}
-    norms = 4 * layers + 1 if name == "qwen3" else 2 * layers + 1
-    return {"rms_norm": norms, "rope": 2 * layers, "attention": layers}
+        return {"layer_norm": 1, "add_layer_norm": 2 * layers, "attention": layers}
+    plain = 2 * layers + 1 if name == "qwen3" else 1
+    return {"rms_norm": plain, "add_rms_norm": 2 * layers, "rope": 2 * layers, "attention": layers}

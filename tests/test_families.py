@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._inductor import decomposition, lowering
 
 import mps_inductor_ext as mpsk
@@ -59,6 +60,32 @@ def test_pattern_order_is_the_registry_order(monkeypatch):
     assert replaced(families.FAMILIES) == {"attention": 1}
     softmax_first = tuple(sorted(families.FAMILIES, key=lambda fam: fam.name != "softmax"))
     assert replaced(softmax_first) == {"softmax": 1}
+
+
+def test_fused_residual_norms_come_before_the_norms_they_hold(monkeypatch):
+    """`h = x + r; norm(h)` holds a norm: with add_rms_norm first the pair becomes one fused op; a
+    registry listing rms_norm first would take the norm alone and leave the add a launch of its own."""
+
+    def f(x, r, w):
+        h = x + r
+        return F.rms_norm(h, (16,), w, 1e-6), h
+
+    x, r, w = torch.randn(3, 16), torch.randn(3, 16), torch.randn(16)
+
+    def replaced(order):
+        monkeypatch.setattr(patterns, "FAMILIES", order)
+        mpsk.reset_counters()
+        torch._dynamo.reset()
+        with config.patch(emulate_metal=True):
+            torch.compile(f, backend="mpsk")(x, r, w)
+        return dict(mpsk.counters)
+
+    names = list(families.NAMES)
+    assert names.index("add_rms_norm") < names.index("rms_norm")
+    assert names.index("add_layer_norm") < names.index("layer_norm")
+    assert replaced(families.FAMILIES) == {"add_rms_norm": 1}
+    norm_first = tuple(sorted(families.FAMILIES, key=lambda fam: fam.name != "rms_norm"))
+    assert replaced(norm_first) == {"rms_norm": 1}
 
 
 def test_unknown_family_and_bad_record():

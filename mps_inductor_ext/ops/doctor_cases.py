@@ -73,6 +73,38 @@ def layer_norm_reference(x, weight, bias, eps):
     return torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), f, b, eps).to(x.dtype)
 
 
+def add_rms_norm_cases() -> Iterable[Case]:
+    """Register and looped forms (4100 columns), every dtype, a strided x, Gemma's weight offset."""
+    for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
+        x, r = (torch.randn(shape, generator=_gen(400 + 2 * i + j)).to(dtype) for j in range(2))
+        w = torch.randn(shape[-1], generator=_gen(500 + i)).to(dtype)
+        yield Case(_shape_label(shape, dtype), (x, r, w, 1e-6))
+    x, r = (torch.randn(4, 192, generator=_gen(600 + j)) for j in range(2))
+    yield Case("float32 4x96 strided x, no weight", (x[:, ::2], r[:, :96], None, 1e-5))
+    yield Case("float32 4x192 weight offset 1", (x, r, 0.1 * torch.randn(192, generator=_gen(602)), 1e-6, 1.0))
+
+
+def add_rms_norm_reference(x, residual, weight, eps, weight_offset=0.0):
+    """The op's own reference: h in x's dtype, the norm of it in fp32 math."""
+    return norm.add_rms_norm_reference(x, residual, weight, eps, weight_offset)
+
+
+def add_layer_norm_cases() -> Iterable[Case]:
+    for i, (dtype, shape) in enumerate((d, s) for d in NORM_DTYPES for s in NORM_SHAPES):
+        x, r = ((torch.randn(shape, generator=_gen(700 + 2 * i + j)) + 0.5).to(dtype) for j in range(2))
+        w = torch.randn(shape[-1], generator=_gen(800 + i)).to(dtype)
+        b = torch.randn(shape[-1], generator=_gen(900 + i)).to(dtype)
+        yield Case(_shape_label(shape, dtype), (x, r, w, b, 1e-5))
+    x, r = (torch.randn(4, 96, generator=_gen(1000 + j)) for j in range(2))
+    yield Case("float32 4x96 no affine", (x, r, None, None, 1e-5))
+
+
+def add_layer_norm_reference(x, residual, weight, bias, eps):
+    """h in x's dtype, then layer_norm_reference's float32 math on it."""
+    h = x + residual
+    return layer_norm_reference(h, weight, bias, eps), h
+
+
 # ---------------------------------------------------------------- attention
 
 ATTENTION_TOL = op_tolerances("attention")

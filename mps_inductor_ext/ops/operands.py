@@ -50,11 +50,14 @@ class Operand:
 
 @dataclasses.dataclass(frozen=True)
 class OpLaunch:
-    """An op call's plan, and the operand bound under each of its tensor names ("out" and scratch
-    buffers excluded: the caller allocates the one, the plan the others)."""
+    """An op call's plan, and the operand bound under each of its tensor names (outputs and scratch
+    buffers excluded: the caller allocates the one, the plan the others). `outputs` names the plan
+    tensors the op returns, in the op's order ("out" first): an op with two outputs (add_rms_norm's
+    (y, h)) is one launch writing both."""
 
     plan: LaunchPlan
     operands: Mapping[str, Operand]
+    outputs: tuple[str, ...] = ("out",)
 
 
 def broadcast_strides(op: Operand, target: Sequence[Size]) -> tuple[Size, ...]:
@@ -76,6 +79,11 @@ def rows_vector_ok(op: Operand) -> bool:
                for n, s in zip(op.shape[:-1], op.stride[:-1], strict=True))
 
 
-def run_launch(launch: OpLaunch, out: torch.Tensor, runtime: str) -> None:
-    """The eager op's rendering of its launch: `out` and the operands bound by name, then run."""
-    run_plan(launch.plan, {"out": out, **{name: op.bound() for name, op in launch.operands.items()}}, runtime)
+def run_launch(launch: OpLaunch, out: torch.Tensor | Sequence[torch.Tensor], runtime: str) -> None:
+    """The eager op's rendering of its launch: the output(s) (one tensor per name in
+    `launch.outputs`, in that order) and the operands bound by name, then run."""
+    outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    if len(outs) != len(launch.outputs):
+        raise ValueError(f"the launch writes {len(launch.outputs)} outputs {launch.outputs}, got {len(outs)} tensors")
+    bound = {name: op.bound() for name, op in launch.operands.items()}
+    run_plan(launch.plan, {**dict(zip(launch.outputs, outs, strict=True)), **bound}, runtime)

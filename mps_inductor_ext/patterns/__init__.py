@@ -22,7 +22,7 @@ from torch.fx import Graph, Node
 from .. import config, diagnostics
 from ..families import FAMILIES
 from ..ops.common import metal_runtime
-from .fx import drop_metadata_checks, erase_dead, erased, tensor
+from .fx import drop_metadata_checks, erase_dead, erased, insert_call, tensor
 
 
 @dataclasses.dataclass
@@ -44,6 +44,26 @@ class NearMiss:
     kind: str
     anchor: Node
     reason: str
+
+
+@dataclasses.dataclass
+class Norm:
+    """A matched norm before it becomes a Rewrite: `op(x, *args)` computes `anchor`. The fused
+    residual forms (patterns/residual_norm.py) take it over when `x` is a residual add."""
+
+    kind: str
+    op: torch._ops.OpOverload
+    anchor: Node
+    x: object
+    args: tuple  # after x: the op's other arguments
+    affine: list  # the tensors among args (they decide the device with x)
+    matched: list[Node]
+
+    def rewrite(self) -> Rewrite:
+        def build(graph):
+            return insert_call(graph, self.anchor, self.op, (self.x, *self.args))
+
+        return Rewrite(self.kind, self.anchor, [self.x, *self.affine], build, self.matched)
 
 
 def metal_device(inputs: Sequence[object]) -> bool:

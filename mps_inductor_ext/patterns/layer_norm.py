@@ -15,13 +15,12 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from . import NearMiss, Rewrite, supported_dtype
+from . import NearMiss, Norm, Rewrite, supported_dtype
 from .fx import (
     arg,
     cast_chain,
     constant,
     follow_casts,
-    insert_call,
     is_op,
     is_scalar,
     last_dim,
@@ -39,6 +38,12 @@ KIND = "layer_norm"
 
 
 def match(node: Node) -> Rewrite | NearMiss | None:
+    found = find(node)
+    return found.rewrite() if isinstance(found, Norm) else found
+
+
+def find(node: Node) -> Norm | NearMiss | None:
+    """The LayerNorm at `node`, before it is turned into a rewrite (add_layer_norm extends it)."""
     if op_name(node) == "rsqrt":
         return _written_out(node)
     if op_name(node) != "layer_norm":
@@ -55,7 +60,7 @@ def match(node: Node) -> Rewrite | NearMiss | None:
     why = _affine_dtypes(x, weight, bias)
     if why:
         return NearMiss(KIND, node, why)
-    return _rewrite(node, x, weight, bias, eps, [])
+    return _norm(node, x, weight, bias, eps, [])
 
 
 def _affine_dtypes(x: object, weight: object, bias: object) -> str | None:
@@ -68,12 +73,9 @@ def _affine_dtypes(x: object, weight: object, bias: object) -> str | None:
     return why
 
 
-def _rewrite(anchor: Node, x: object, weight: object, bias: object, eps: object, matched: list[Node]) -> Rewrite:
-    def build(graph):
-        return insert_call(graph, anchor, torch.ops.mpsk.layer_norm.default, (x, weight, bias, scalar(eps)))
-
-    return Rewrite(KIND, anchor, [t for t in (x, weight, bias) if t is not None], build,
-                   matched + scalar_nodes(eps))
+def _norm(anchor: Node, x: object, weight: object, bias: object, eps: object, matched: list[Node]) -> Norm:
+    return Norm(KIND, torch.ops.mpsk.layer_norm.default, anchor, x, (weight, bias, scalar(eps)),
+                [t for t in (weight, bias) if t is not None], matched + scalar_nodes(eps))
 
 
 def _mean_last(node: object) -> object:
@@ -151,4 +153,4 @@ def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
             why = f"the {name} is not the size of the last dimension"
     if why:
         return NearMiss(KIND, out, why)
-    return _rewrite(out, x, weight, bias, eps, matched)
+    return _norm(out, x, weight, bias, eps, matched)

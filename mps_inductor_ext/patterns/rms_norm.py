@@ -14,13 +14,12 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from . import NearMiss, Rewrite, supported_dtype
+from . import NearMiss, Norm, Rewrite, supported_dtype
 from .fx import (
     arg,
     cast_chain,
     constant,
     follow_casts,
-    insert_call,
     is_op,
     is_scalar,
     last_dim,
@@ -38,6 +37,12 @@ KIND = "rms_norm"
 
 
 def match(node: Node) -> Rewrite | NearMiss | None:
+    found = find(node)
+    return found.rewrite() if isinstance(found, Norm) else found
+
+
+def find(node: Node) -> Norm | NearMiss | None:
+    """The RMSNorm anchored at `node`, before it is turned into a rewrite (add_rms_norm extends it)."""
     if op_name(node) == "rms_norm":
         return _functional(node)
     if op_name(node) == "rsqrt":
@@ -45,12 +50,9 @@ def match(node: Node) -> Rewrite | NearMiss | None:
     return None
 
 
-def _rewrite(anchor: Node, x: object, weight: object, eps: object, offset: float, matched: list[Node]) -> Rewrite:
-    def build(graph):
-        return insert_call(graph, anchor, torch.ops.mpsk.rms_norm.default, (x, weight, scalar(eps), offset))
-
-    return Rewrite(KIND, anchor, [x] + ([weight] if weight is not None else []), build,
-                   matched + scalar_nodes(eps))
+def _rewrite(anchor: Node, x: object, weight: object, eps: object, offset: float, matched: list[Node]) -> Norm:
+    return Norm(KIND, torch.ops.mpsk.rms_norm.default, anchor, x, (weight, scalar(eps), offset),
+                [weight] if weight is not None else [], matched + scalar_nodes(eps))
 
 
 def _checks(anchor: Node, x: object, weight: object) -> str | None:
@@ -71,7 +73,7 @@ def _checks(anchor: Node, x: object, weight: object) -> str | None:
     return None
 
 
-def _functional(node: Node) -> Rewrite | NearMiss | None:
+def _functional(node: Node) -> Norm | NearMiss | None:
     x = arg(node, 0, "input")
     shape = constant(arg(node, 1, "normalized_shape"))
     weight = arg(node, 2, "weight")
@@ -91,7 +93,7 @@ def _functional(node: Node) -> Rewrite | NearMiss | None:
     return _rewrite(node, x, weight, eps, 0.0, [])
 
 
-def _written_out(rsqrt: Node) -> Rewrite | NearMiss | None:
+def _written_out(rsqrt: Node) -> Norm | NearMiss | None:
     add = rsqrt.args[0]
     if not is_op(add, "add"):
         return None

@@ -33,7 +33,10 @@ def model_and_counts(name: str) -> tuple[torch.nn.Module, dict[str, int]]:
     if name == "gemma3":
         model = gemma3()
         layers = model.config.num_hidden_layers
-        return model, {"rms_norm": 6 * layers + 1, "rope": 2 * layers, "attention": layers}
+        # pre_feedforward_layernorm and the next input_layernorm (or the final norm) read residual
+        # sums; input_layernorm of layer 0, post_attention / post_feedforward and q/k norms do not.
+        return model, {"rms_norm": 4 * layers + 1, "add_rms_norm": 2 * layers, "rope": 2 * layers,
+                       "attention": layers}
     model = build(name, "sdpa")
     return model, expected_counts(name, model.config)
 
@@ -72,6 +75,10 @@ def test_autocast_replaces_rope_and_attention_of_mixed_dtypes():
     with torch.no_grad(), mpsk.config.patch(emulate_metal=True), torch.autocast("cpu", dtype=torch.bfloat16):
         got = torch.compile(model, backend="mpsk")(ids).logits
         ref = model(ids).logits
+    # Each residual add sums the fp32 residual stream with a bf16 block output: mixed dtypes, which the
+    # fused add_rms_norm declines (a near miss), so every norm is a plain one here.
+    fused = expected.pop("add_rms_norm")
+    expected["rms_norm"] += fused
     assert dict(mpsk.counters) == expected
     assert got.dtype == ref.dtype == torch.bfloat16
     bf16 = tolerance(torch.bfloat16)

@@ -16,9 +16,11 @@ import mps_inductor_ext as mpsk
 def t5() -> tuple[torch.nn.Module, dict]:
     cfg = transformers.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                                 num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0)
-    # Encoder: two norms per layer and a final one; decoder: three per layer and a final one.
+    # Encoder: two norms per layer and a final one; decoder: three per layer and a final one; each
+    # stack's first norm reads its embedding, every other one a residual sum (add_rms_norm).
     # Attention: self-attention per encoder layer, self- and cross-attention per decoder layer.
-    return transformers.T5ForConditionalGeneration(cfg), {"rms_norm": 2 * 2 + 1 + 3 * 2 + 1, "attention": 2 + 2 * 2}
+    return transformers.T5ForConditionalGeneration(cfg), {"rms_norm": 2, "add_rms_norm": 2 * 2 + 3 * 2,
+                                                          "attention": 2 + 2 * 2}
 
 
 def modernbert() -> tuple[torch.nn.Module, dict]:
@@ -27,16 +29,17 @@ def modernbert() -> tuple[torch.nn.Module, dict]:
         max_position_embeddings=64, global_attn_every_n_layers=3, local_attention=8, attn_implementation="sdpa",
         pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
     # q and k rotated in every layer; LayerNorms: embeddings, attn_norm (an Identity in layer 0),
-    # mlp_norm, and the final one.
-    return transformers.ModernBertModel(cfg), {"rope": 2 * 3, "attention": 3, "layer_norm": 1 + 2 + 3 + 1}
+    # mlp_norm, and the final one; all but the embeddings' read a residual sum (add_layer_norm).
+    return transformers.ModernBertModel(cfg), {"rope": 2 * 3, "attention": 3, "layer_norm": 1,
+                                               "add_layer_norm": 2 + 3 + 1}
 
 
 def esm() -> tuple[torch.nn.Module, dict]:
     cfg = transformers.EsmConfig(vocab_size=33, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, position_embedding_type="rotary", max_position_embeddings=64,
                                  pad_token_id=1, attn_implementation="sdpa")
-    # Two LayerNorms per layer and the one after the encoder.
-    return transformers.EsmModel(cfg), {"rope": 2 * 2, "attention": 2, "layer_norm": 2 * 2 + 1}
+    # Two LayerNorms per layer and the one after the encoder; all but the first read a residual sum.
+    return transformers.EsmModel(cfg), {"rope": 2 * 2, "attention": 2, "layer_norm": 1, "add_layer_norm": 2 * 2}
 
 
 def cohere() -> tuple[torch.nn.Module, dict]:
