@@ -71,7 +71,9 @@ class MpskKernel(ir.ExternKernelOut):
     mask, as the eager op binds it); the name "out" is this node's own buffer. `substitutions`
     maps stand-in symbols the lowering gave the launch function back to the graph's size
     expressions (lowerings.decided_size). `runtime` is where the kernels run: "mps", or "cpu" for
-    the emulator.
+    the emulator. `writes` names operands the kernels write besides "out" (a second output the
+    lowering allocated, a cache updated in place): each is declared mutated by this node, so
+    Inductor orders every later read of that buffer after it.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class MpskKernel(ir.ExternKernelOut):
         runtime: str,
         op: torch._ops.OpOverload,
         substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
+        writes: Sequence[str] = (),
     ) -> None:
         inputs: list[ir.IRNode] = []
         tensors: dict[str, tuple[int, torch.dtype | None]] = {}
@@ -94,6 +97,8 @@ class MpskKernel(ir.ExternKernelOut):
         self.plan = launch.plan
         self.runtime = runtime
         self.substitutions = dict(substitutions or {})
+        self.mutation_outputs = [ir.MutationOutput(ir.NoneLayout(device=layout.device), launch.operands[name].value,
+                                                   self) for name in writes]
 
     def size(self, value) -> sympy.Expr:
         return normalize(value, self.substitutions)
