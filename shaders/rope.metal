@@ -20,8 +20,11 @@
 // - rope: one tensor x (B, H, S, D) into a contiguous out; cos and sin may
 //   vary by head (c_sh, s_sh != 0: reloaded per head).
 // - rope_qk: q (B, Hq, S, D) and k (B, Hk, S, D) with the same tables, which
-//   broadcast over heads, in one launch; each output is written through its
-//   own (b, h, s) strides (feature stride 1).
+//   broadcast over heads, in one launch; q's output is contiguous, k's is
+//   written through its own (b, h, s) strides (feature stride 1).
+//
+// Metal binds at most 31 buffers to a kernel (its buffer argument table), and
+// every `constant long&` takes one: rope has 22, rope_qk 29.
 //
 // Specialized by the host (ops/rope.py): DTYPE, INTERLEAVED 0 or 1, IDX64 (common.metal).
 //
@@ -31,8 +34,7 @@
 //
 // rope_qk buffers: q_out, k_out, q, k, cos_t, sin_t, then int64 n_pos, n_items,
 // q_heads, k_heads, seq, rot, q strides (b, h, s, d), k strides (b, h, s, d),
-// q_out strides (b, h, s), k_out strides (b, h, s), cos strides (b, s, d),
-// sin strides (b, s, d).
+// k_out strides (b, h, s), cos strides (b, s, d), sin strides (b, s, d).
 
 // The (x0, x1) features of a rotated pair, or (d, d) for a copied feature.
 struct RopeItem {
@@ -122,10 +124,9 @@ kernel void rope_qk(device T* q_out, device T* k_out, const device T* q, const d
                     const device T* sin_t, constant long& n_pos, constant long& n_items, constant long& q_heads,
                     constant long& k_heads, constant long& seq, constant long& rot, constant long& q_sb,
                     constant long& q_sh, constant long& q_ss, constant long& q_sd, constant long& k_sb,
-                    constant long& k_sh, constant long& k_ss, constant long& k_sd, constant long& qo_sb,
-                    constant long& qo_sh, constant long& qo_ss, constant long& ko_sb, constant long& ko_sh,
-                    constant long& ko_ss, constant long& c_sb, constant long& c_ss, constant long& c_sd,
-                    constant long& s_sb, constant long& s_ss, constant long& s_sd,
+                    constant long& k_sh, constant long& k_ss, constant long& k_sd, constant long& ko_sb,
+                    constant long& ko_sh, constant long& ko_ss, constant long& c_sb, constant long& c_ss,
+                    constant long& c_sd, constant long& s_sb, constant long& s_ss, constant long& s_sd,
                     uint gid [[thread_position_in_grid]]) {
   const uint items = uint(n_items), s_len = uint(seq);
   const uint pos = gid / items;
@@ -141,10 +142,12 @@ kernel void rope_qk(device T* q_out, device T* k_out, const device T* q, const d
     tb = rope_table(cos_t + long(b) * c_sb + long(s) * c_ss, idx_t(c_sd), sin_t + long(b) * s_sb + long(s) * s_ss,
                     idx_t(s_sd), it);
   }
+  // q_out is contiguous (B, Hq, S, D), with D = n_items + R/2.
+  const long dim = n_items + rot / 2;
   const device T* qr = q + long(b) * q_sb + long(s) * q_ss;
-  device T* qy = q_out + long(b) * qo_sb + long(s) * qo_ss;
+  device T* qy = q_out + (long(b) * q_heads * seq + long(s)) * dim;
   for (long h = 0; h < q_heads; ++h) {
-    rope_apply(qy + h * qo_sh, qr + h * q_sh, idx_t(q_sd), it, tb);
+    rope_apply(qy + h * seq * dim, qr + h * q_sh, idx_t(q_sd), it, tb);
   }
   const device T* kr = k + long(b) * k_sb + long(s) * k_ss;
   device T* ky = k_out + long(b) * ko_sb + long(s) * ko_ss;

@@ -137,9 +137,9 @@ class TinyLlama(nn.Module):
 
     def expected_replacements(self) -> dict[str, int]:
         """What backend="mpsk" should replace, from the structure: two RMSNorms per layer and the
-        final one, RoPE on q and on k, one attention per layer."""
+        final one, RoPE of q and k with the same tables (one rope_qk), one attention per layer."""
         n = self.config.num_layers
-        return {"rms_norm": 2 * n + 1, "rope": 2 * n, "attention": n}
+        return {"rms_norm": 2 * n + 1, "rope_qk": n, "attention": n}
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:

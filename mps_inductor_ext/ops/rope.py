@@ -67,18 +67,19 @@ def rope_qk_plan(
     """rope of q and k in one launch: one thread per work item of each (b, s) position, walking the
     q heads then the k heads with the table values it read once.
 
-    sizes: (B, Hq, Hk, S, D, R); strides: q and k (b, h, s, d), q_out and k_out (b, h, s), cos and
-    sin (b, s, d) of their broadcast (0 along broadcast dimensions). All may be symbolic.
+    sizes: (B, Hq, Hk, S, D, R); strides: q and k (b, h, s, d), k_out (b, h, s), cos and sin
+    (b, s, d) of their broadcast (0 along broadcast dimensions); q_out is contiguous. All may be
+    symbolic.
     """
     batch, q_heads, k_heads, seq, dim, rot = sizes
-    q_st, k_st, qo_st, ko_st, c_st, s_st = strides
+    q_st, k_st, ko_st, c_st, s_st = strides
     positions = batch * seq
     items = _items(dim, rot)
     total = positions * items
     check_grid("rope_qk", total)
     source = specialize(_template(), {"DTYPE": METAL_DTYPES[dtype], "INTERLEAVED": interleaved},
                         index_extents=(dim * q_st[3], dim * k_st[3], dim, rot * c_st[2], rot * s_st[2]))
-    ints = (positions, items, q_heads, k_heads, seq, rot, *q_st, *k_st, *qo_st, *ko_st, *c_st, *s_st)
+    ints = (positions, items, q_heads, k_heads, seq, rot, *q_st, *k_st, *ko_st, *c_st, *s_st)
     args = (TensorArg("out"), TensorArg("k_out"), TensorArg("q"), TensorArg("k"), TensorArg("cos"),
             TensorArg("sin"), *(IntArg(v) for v in ints))
     launch = KernelLaunch(source, f"rope_qk_{METAL_DTYPES[dtype]}", args, (total,), (policy.threads_per_group,))
@@ -126,8 +127,7 @@ def rope_qk_launch(q: Operand, k: Operand, cos: Operand, sin: Operand, k_out: Op
     k_heads, rot = k.shape[1], cos.shape[-1]
     table = (batch, 1, seq, rot)
     c_st, s_st = broadcast_strides(cos, table), broadcast_strides(sin, table)
-    qo_st = (q_heads * seq * dim, seq * dim, dim)
-    strides = (q.stride, k.stride, qo_st, k_out.stride[:3], (c_st[0], *c_st[2:]), (s_st[0], *s_st[2:]))
+    strides = (q.stride, k.stride, k_out.stride[:3], (c_st[0], *c_st[2:]), (s_st[0], *s_st[2:]))
     plan = rope_qk_plan(q.dtype, (batch, q_heads, k_heads, seq, dim, rot), strides, interleaved=interleaved,
                         policy=config.rope)
     return OpLaunch(plan, {"k_out": k_out, "q": q, "k": k, "cos": cos, "sin": sin})

@@ -25,7 +25,8 @@ from mps_inductor_ext.models.tiny_llama import TinyLlama, TinyLlamaConfig
 TOL = TOLERANCES[torch.float32]
 EXAMPLE_SEQ, RUN_SEQS = 12, (12, 7, 20, 3)
 VOCAB = 128
-KERNELS = {"rms_norm": "rms_norm_float", "rope": "rope_float", "attention": "attn_prefill_float"}
+KERNELS = {"rms_norm": "rms_norm_float", "rope": "rope_float", "rope_qk": "rope_qk_float",
+           "attention": "attn_prefill_float"}
 
 CHILD = """
 import sys, torch
@@ -108,7 +109,7 @@ def test_hugging_face_llama_package_runs_in_a_fresh_process(tmp_path):
     model = Logits(transformers.LlamaForCausalLM(cfg)).eval()
     path, counts = package(model, tmp_path, "llama")
     layers = cfg.num_hidden_layers
-    check_package(model, path, counts, {"rms_norm": 2 * layers + 1, "rope": 2 * layers, "attention": layers},
+    check_package(model, path, counts, {"rms_norm": 2 * layers + 1, "rope_qk": layers, "attention": layers},
                   tmp_path)
 
 

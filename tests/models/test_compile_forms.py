@@ -33,7 +33,7 @@ def model_and_counts(name: str) -> tuple[torch.nn.Module, dict[str, int]]:
     if name == "gemma3":
         model = gemma3()
         layers = model.config.num_hidden_layers
-        return model, {"rms_norm": 6 * layers + 1, "rope": 2 * layers, "attention": layers}
+        return model, {"rms_norm": 6 * layers + 1, "rope_qk": layers, "attention": layers}
     model = build(name, "sdpa")
     return model, expected_counts(name, model.config)
 

@@ -101,8 +101,8 @@ def _run(name: str, impl: str) -> Run | BaseException:
 
 
 # Kernel name prefixes (ops/*.py plan builders) -> replacement kind.
-KERNEL_KINDS = {"rms_norm_": "rms_norm", "layer_norm_": "layer_norm", "rope_": "rope", "attn_": "attention",
-                "softmax_": "softmax"}
+KERNEL_KINDS = {"rms_norm_": "rms_norm", "layer_norm_": "layer_norm", "rope_qk_": "rope_qk", "rope_": "rope",
+                "attn_": "attention", "softmax_": "softmax"}
 
 
 @contextlib.contextmanager

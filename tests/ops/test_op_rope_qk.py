@@ -9,6 +9,9 @@ import mps_inductor_ext  # noqa: F401  (registers torch.ops.mpsk)
 from mps_inductor_ext import config
 from mps_inductor_ext.config import RopePolicy
 from mps_inductor_ext.ops.common import METAL_DTYPES, poisoned_outputs
+from mps_inductor_ext.ops.operands import Operand
+from mps_inductor_ext.ops.rope import rope_launch, rope_qk_launch
+from mps_inductor_ext.shaders import ShaderLibrary
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 B, HQ, HK, S = 2, 4, 2, 5
@@ -95,3 +98,16 @@ def test_bad_inputs_are_named(make, match):
     cos, sin = randn(B, 1, S, 8, seed=16), randn(B, 1, S, 8, seed=17)
     with pytest.raises((ValueError, TypeError), match=match):
         torch.ops.mpsk.rope_qk(*make(q, k, cos, sin))
+
+
+def test_kernels_fit_metals_buffer_argument_table():
+    """Metal binds at most 31 buffers to a kernel function and each `constant long&` takes one, so a
+    kernel past that compiles here but not on a Mac: counted from the signature the emulator parses."""
+    q, k = randn(B, HQ, S, 8, seed=18), randn(B, HK, S, 8, seed=19)
+    cos = sin = randn(S, 8, seed=20)
+    ops = [Operand.of(t) for t in (q, k, cos, sin)]
+    launches = [*rope_launch(ops[0], ops[2], ops[3], False, "cpu").plan.launches,
+                *rope_qk_launch(*ops, Operand.of(torch.empty_like(k)), False, "cpu").plan.launches]
+    for launch in launches:
+        kernel = getattr(ShaderLibrary(launch.source, "cpu"), launch.kernel)
+        assert len(kernel.buffers) == len(launch.args) <= 31, launch.kernel

@@ -118,8 +118,8 @@ def close(got, ref):
 
 
 def replaced(ropes):
-    """The counters after `ropes` rope replacements: q and k's, with the same tables, become one rope_qk."""
-    return {"rope": ropes} | ({"rope_qk": 1} if ropes == 2 else {})
+    """The ops left after `ropes` rope replacements: q's and k's, with the same tables, are one rope_qk."""
+    return {"rope_qk": 1} if ropes == 2 else {"rope": ropes}
 
 
 def qk(d, seed=0):
