@@ -52,7 +52,8 @@ def test_dynamic_true_replaces_every_site_once(name):
     assert dict(mpsk.counters) == expected  # the abandoned first attempt is not counted
     report = collector.report()
     replaced = collections.Counter(r.kind for g in report.graphs for r in g.replacements)
-    assert dict(replaced) == expected
+    replaced["rope"] -= 2 * replaced["rope_qk"]  # the report lists the ropes each rope_qk then fused
+    assert dict(+replaced) == expected
     stale = [m for g in report.graphs for m in g.near_misses if m.kind in expected]
     assert stale == []  # no near miss of the abandoned attempt for sites that were replaced
     with torch.no_grad():

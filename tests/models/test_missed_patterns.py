@@ -25,9 +25,9 @@ def modernbert() -> tuple[torch.nn.Module, dict]:
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=64, global_attn_every_n_layers=3, local_attention=8, attn_implementation="sdpa",
         pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
-    # q and k rotated in every layer; LayerNorms: embeddings, attn_norm (an Identity in layer 0),
-    # mlp_norm, and the final one.
-    return transformers.ModernBertModel(cfg), {"rope": 2 * 3, "attention": 3, "layer_norm": 1 + 2 + 3 + 1}
+    # q and k rotated with the same tables in every layer (one rope_qk); LayerNorms: embeddings,
+    # attn_norm (an Identity in layer 0), mlp_norm, and the final one.
+    return transformers.ModernBertModel(cfg), {"rope_qk": 3, "attention": 3, "layer_norm": 1 + 2 + 3 + 1}
 
 
 def esm() -> tuple[torch.nn.Module, dict]:
@@ -35,7 +35,7 @@ def esm() -> tuple[torch.nn.Module, dict]:
                                  num_attention_heads=4, position_embedding_type="rotary", max_position_embeddings=64,
                                  pad_token_id=1, attn_implementation="sdpa")
     # Two LayerNorms per layer and the one after the encoder.
-    return transformers.EsmModel(cfg), {"rope": 2 * 2, "attention": 2, "layer_norm": 2 * 2 + 1}
+    return transformers.EsmModel(cfg), {"rope_qk": 2, "attention": 2, "layer_norm": 2 * 2 + 1}
 
 
 @pytest.mark.slow
