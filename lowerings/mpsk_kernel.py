@@ -121,11 +121,14 @@ class MpskKernel(_RendersLaunch, ir.ExternKernelOut):
         runtime: str,
         op: torch._ops.OpOverload,
         substitutions: Mapping[sympy.Symbol, sympy.Expr] | None = None,
+        writes: Sequence[str] = (),
     ) -> None:
         if launch.outputs != ("out",):
             raise ValueError(f"MpskKernel renders a launch with one output; this one writes {launch.outputs}")
         inputs = self._bind(launch, substitutions, runtime)
         super().__init__(layout, inputs, python_kernel_name=f"mpsk_metal.{op._opname}", op_overload=op)
+        self.mutation_outputs = [ir.MutationOutput(ir.NoneLayout(device=layout.device), launch.operands[name].value,
+                                                   self) for name in writes]
 
     def output_buffers(self) -> dict[str, str]:
         return {"out": self.get_name()}

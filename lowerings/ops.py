@@ -87,10 +87,29 @@ def _shared(x):
     return x
 
 
-def _kernel(op, like, size, launch: OpLaunch, runtime, substitutions=None):
+def _strided(x) -> Operand:
+    """`x` as it lies, for a kernel that reads its strides: realized and its layout fixed, never
+    copied (a view of a buffer stays a view). Its start is not assumed aligned."""
+    x = ir.ExternKernel.realize_input(x)
+    if ir.is_storage_and_layout(x):
+        x.freeze_layout()
+    shape = tuple(_static(n) for n in x.get_size())
+    return Operand(x, x.get_dtype(), shape, tuple(_static(s) for s in x.get_stride()), False)
+
+
+def _kernel(op, like, size, launch: OpLaunch, runtime, substitutions=None, writes=()):
     layout = ir.FixedLayout(like.get_device(), like.get_dtype(), list(size),
                             ir.FlexibleLayout.contiguous_strides(size))
-    return ir.TensorBox.create(MpskKernel(layout, launch, runtime=runtime, op=op, substitutions=substitutions))
+    return ir.TensorBox.create(MpskKernel(layout, launch, runtime=runtime, op=op, substitutions=substitutions,
+                                          writes=writes))
+
+
+def _new_output(like):
+    """A contiguous buffer shaped like `like` for a kernel's second output: allocated, never computed
+    (the kernel node that writes it declares the write)."""
+    size = like.get_size()
+    return lowering.empty_strided(size, ir.FlexibleLayout.contiguous_strides(size), dtype=like.get_dtype(),
+                                  device=like.get_device())
 
 
 def _kernels(op, like, size, launch: OpLaunch, runtime, substitutions=None) -> tuple:
@@ -159,8 +178,19 @@ def lower_rope(x, cos, sin, interleaved=False):
     runtime = _runtime(x)
     if runtime is None or _empty(x.get_size()):
         return None
-    launch = rope_mod.rope_launch(_operand(x), _operand(cos), _operand(sin), interleaved, runtime)
+    launch = rope_mod.rope_launch(_strided(x), _strided(cos), _strided(sin), interleaved, runtime)
     return _kernel(torch.ops.mpsk.rope.default, x, x.get_size(), launch, runtime)
+
+
+def lower_rope_qk(q, k, cos, sin, interleaved=False):
+    runtime = _runtime(q)
+    if runtime is None or _empty(q.get_size()) or _empty(k.get_size()):
+        return None
+    k_out = _new_output(k)
+    out = ir.ExternKernel.realize_input(k_out)
+    launch = rope_mod.rope_qk_launch(*(_strided(t) for t in (q, k, cos, sin)), _strided(out), interleaved, runtime)
+    q_out = _kernel(torch.ops.mpsk.rope_qk.default, q, q.get_size(), launch, runtime, writes=("k_out",))
+    return q_out, k_out
 
 
 def lower_attention(q, k, v, attn_mask=None, scale=None, is_causal=False, window=-1, softcap=0.0):

@@ -72,6 +72,7 @@ def _family(name: str, module: str, kernels: str, policy: str | None) -> OpFamil
 FAMILIES: tuple[OpFamily, ...] = (
     _family("attention", "attention", kernels="attention", policy="attention"),
     _family("rope", "rope", kernels="rope", policy="rope"),
+    _family("rope_qk", "rope", kernels="rope", policy="rope"),  # pairs the rope calls above
     _family("add_layer_norm", "norm", kernels="norm", policy="norm"),
     _family("add_rms_norm", "norm", kernels="norm", policy="norm"),
     _family("layer_norm", "norm", kernels="norm", policy="norm"),

@@ -45,8 +45,8 @@ def expected_counts(name: str, config) -> dict[str, int]:
     """Every replaceable instance in the model, read from transformers' modeling code.
 
     Llama / Mistral / Qwen2: each decoder layer has input_layernorm and post_attention_layernorm
-    (the HF RMSNorm form) and the model a final norm; apply_rotary_pos_emb rotates q and k, two
-    rope results per layer; one attention per layer (SDPA, or eager matmul-softmax-matmul with
+    (the HF RMSNorm form) and the model a final norm; apply_rotary_pos_emb rotates q and k with
+    the same tables, one rope_qk per layer; one attention per layer (SDPA, or eager matmul-softmax-matmul with
     repeat_kv for the 2 KV heads). Qwen3 adds q_norm and k_norm (RMSNorm over the head dim) per
     layer. Gemma's RMSNorm scales by (1 + weight), the weight-offset form. GPT-2: ln_1 and ln_2
     per block and ln_f (nn.LayerNorm), one attention per block, learned positions (no RoPE). The
@@ -63,4 +63,4 @@ def expected_counts(name: str, config) -> dict[str, int]:
     if name == "gpt2":
         return {"layer_norm": 1, "add_layer_norm": 2 * layers, "attention": layers}
     plain = 2 * layers + 1 if name == "qwen3" else 1
-    return {"rms_norm": plain, "add_rms_norm": 2 * layers, "rope": 2 * layers, "attention": layers}
+    return {"rms_norm": plain, "add_rms_norm": 2 * layers, "rope_qk": layers, "attention": layers}

@@ -137,11 +137,11 @@ class TinyLlama(nn.Module):
 
     def expected_replacements(self) -> dict[str, int]:
         """What backend="mpsk" should replace, from the structure: two RMSNorms per layer and the
-        final one, RoPE on q and on k, one attention per layer. Every norm but the first reads a
-        residual sum (`x + attn`, `x + mlp`), so it is an add_rms_norm; the first reads the
+        final one, RoPE of q and k with the same tables (one rope_qk), one attention per layer. Every
+        norm but the first reads a residual sum (`x + attn`, `x + mlp`), so it is an add_rms_norm; the first reads the
         embedding."""
         n = self.config.num_layers
-        return {"rms_norm": 1, "add_rms_norm": 2 * n, "rope": 2 * n, "attention": n}
+        return {"rms_norm": 1, "add_rms_norm": 2 * n, "rope_qk": n, "attention": n}
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:

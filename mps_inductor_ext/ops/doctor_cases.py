@@ -201,6 +201,24 @@ def rope_reference(x, cos, sin, interleaved=False):
     return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
 
 
+def rope_qk_cases() -> Iterable[Case]:
+    """q and k with different head counts (GQA) and k a transposed (B, S, H, D) view; tables
+    broadcast over batch or not, both rotation styles, full and partial rotary."""
+    for i, (dtype, (rot, table), interleaved) in enumerate(
+            (d, t, il) for d in NORM_DTYPES for t in ((8, (5, 8)), (4, (2, 1, 5, 4))) for il in (False, True)):
+        q = torch.randn(2, 4, 5, 8, generator=_gen(800 + i)).to(dtype)
+        k = torch.randn(2, 5, 2, 8, generator=_gen(850 + i)).to(dtype).transpose(1, 2)
+        cos = torch.randn(table, generator=_gen(900 + i)).to(dtype)
+        sin = torch.randn(table, generator=_gen(950 + i)).to(dtype)
+        label = f"{str(dtype).removeprefix('torch.')} q 2x4x5x8 k 2x2x5x8 R={rot} cos {'x'.join(map(str, table))}"
+        yield Case(label + (" interleaved" if interleaved else ""), (q, k, cos, sin, interleaved))
+
+
+def rope_qk_reference(q, k, cos, sin, interleaved=False):
+    """rope_reference of q and of k."""
+    return rope_reference(q, cos, sin, interleaved), rope_reference(k, cos, sin, interleaved)
+
+
 # ---------------------------------------------------------------- quantized_linear
 
 QUANTIZED_SHAPES = [  # (rows, K, N, group_size, bits, bias)

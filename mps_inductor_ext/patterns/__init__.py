@@ -74,9 +74,12 @@ def metal_device(inputs: Sequence[object]) -> bool:
 
 
 def apply(graph: Graph) -> collections.Counter:
-    """Replaces every match in `graph`; returns how many of each kind."""
+    """Replaces every match in `graph`; returns how many of each kind it leaves in the graph (a
+    rewrite that fuses earlier replacements, such as rope_qk of two ropes, takes them off their
+    kind's count)."""
     done: collections.Counter = collections.Counter()
     drop_metadata_checks(graph)
+    kinds = {family.custom_op: family.name for family in FAMILIES}
     for family in FAMILIES:
         kind, match = family.name, family.resolve("pattern")
         for node in list(graph.nodes):
@@ -93,6 +96,10 @@ def apply(graph: Graph) -> collections.Counter:
                 continue
             if not metal_device(found.inputs):
                 continue
+            for absorbed in (n for n in (found.anchor, *found.matched) if n.target in kinds):
+                done[kinds[absorbed.target]] -= 1
+                if not done[kinds[absorbed.target]]:
+                    del done[kinds[absorbed.target]]
             new = found.build(graph)
             found.anchor.replace_all_uses_with(new)
             erase_dead(graph, [found.anchor, *found.matched])

@@ -30,7 +30,7 @@ from mps_inductor_ext.shaders import KernelFunction
 HIDDEN, HEADS, HEAD_DIM, CLASSES = 64, 4, 16, 8
 SEQ, SEQ2 = 12, 9  # both above decode_max_q: one prefill variant serves both lengths
 TOL = TOLERANCES[torch.float32]
-KERNELS = ("rms_norm_float", "rope_float", "attn_prefill_float", "softmax_float")
+KERNELS = ("rms_norm_float", "rope_qk_float", "attn_prefill_float", "softmax_float")
 
 
 class Block(torch.nn.Module):
@@ -124,12 +124,12 @@ def test_generated_wrapper_launches_the_metal_kernels(model):
     with mpsk.config.patch(emulate_metal=True), torch.no_grad(), kernel_calls() as calls:
         got, codes = run_and_get_code(torch.compile(model, backend="mpsk"), x)
     code = "\n".join(codes)
-    assert dict(mpsk.counters) == {"rms_norm": 1, "rope": 2, "attention": 1, "softmax": 1}
+    assert dict(mpsk.counters) == {"rms_norm": 1, "rope_qk": 1, "attention": 1, "softmax": 1}
     assert "torch.ops.mpsk." not in code
     assert calls["run_plan"] == 0
-    assert calls["dispatch"] == {"rms_norm_float": 1, "rope_float": 2, "attn_prefill_float": 1, "softmax_float": 1}
+    assert calls["dispatch"] == {"rms_norm_float": 1, "rope_qk_float": 1, "attn_prefill_float": 1, "softmax_float": 1}
     assert "from mps_inductor_ext.shaders import ShaderLibrary" in code
-    assert len(re.findall(r"^mpsk_lib_\d+ = ShaderLibrary\(", code, re.M)) == len(KERNELS)  # rope's source shared
+    assert len(re.findall(r"^mpsk_lib_\d+ = ShaderLibrary\(", code, re.M)) == len(KERNELS)
     for kernel in KERNELS:
         fn = re.search(rf"^(\w+) = mpsk_lib_\d+\.get_kernel_function\('{kernel}'\)", code, re.M).group(1)
         for call in ("start_encoding()", "set_arg_tensor(0, ", "set_arg_int(", "dispatch(["):
@@ -148,8 +148,8 @@ def test_cpp_wrapper_launches_the_metal_kernels_through_the_shim(model):
         got, codes = run_and_get_code(fn, x)
     code = "\n".join(codes)
     assert calls["run_plan"] == 0
-    assert calls["dispatch"] == {"rms_norm_float": 1, "rope_float": 2, "attn_prefill_float": 1, "softmax_float": 1}
-    assert code.count("aoti_torch_mps_run_command_block(mpsk_lib_") == 5
+    assert calls["dispatch"] == {"rms_norm_float": 1, "rope_qk_float": 1, "attn_prefill_float": 1, "softmax_float": 1}
+    assert code.count("aoti_torch_mps_run_command_block(mpsk_lib_") == 4
     assert "mpsk::" not in code
     torch.testing.assert_close(got, ref, rtol=TOL, atol=TOL)
 

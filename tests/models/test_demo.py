@@ -13,9 +13,10 @@ from mps_inductor_ext.models import TinyLlamaConfig
 
 
 def expected_line() -> str:
-    """From the model's structure: 2 RMSNorms per layer plus the final one, RoPE on q and k, one attention."""
+    """From the model's structure: 2 RMSNorms per layer plus the final one, RoPE of q and k with the same
+    tables (one rope_qk), one attention."""
     n = TinyLlamaConfig().num_layers
-    return f"replaced: attention {n} (of {n}), rms_norm {2 * n + 1} (of {2 * n + 1}), rope {2 * n} (of {2 * n})"
+    return f"replaced: attention {n} (of {n}), rms_norm {2 * n + 1} (of {2 * n + 1}), rope_qk {n} (of {n})"
 
 
 @pytest.mark.slow

@@ -28,9 +28,10 @@ def modernbert() -> tuple[torch.nn.Module, dict]:
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=64, global_attn_every_n_layers=3, local_attention=8, attn_implementation="sdpa",
         pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
-    # q and k rotated in every layer; LayerNorms: embeddings, attn_norm (an Identity in layer 0),
-    # mlp_norm, and the final one; all but the embeddings' read a residual sum (add_layer_norm).
-    return transformers.ModernBertModel(cfg), {"rope": 2 * 3, "attention": 3, "layer_norm": 1,
+    # q and k rotated with the same tables in every layer (one rope_qk); LayerNorms: embeddings,
+    # attn_norm (an Identity in layer 0), mlp_norm, and the final one; all but the embeddings' read
+    # a residual sum (add_layer_norm).
+    return transformers.ModernBertModel(cfg), {"rope_qk": 3, "attention": 3, "layer_norm": 1,
                                                "add_layer_norm": 2 + 3 + 1}
 
 
@@ -39,7 +40,7 @@ def esm() -> tuple[torch.nn.Module, dict]:
                                  num_attention_heads=4, position_embedding_type="rotary", max_position_embeddings=64,
                                  pad_token_id=1, attn_implementation="sdpa")
     # Two LayerNorms per layer and the one after the encoder; all but the first read a residual sum.
-    return transformers.EsmModel(cfg), {"rope": 2 * 2, "attention": 2, "layer_norm": 1, "add_layer_norm": 2 * 2}
+    return transformers.EsmModel(cfg), {"rope_qk": 2, "attention": 2, "layer_norm": 1, "add_layer_norm": 2 * 2}
 
 
 def cohere() -> tuple[torch.nn.Module, dict]:
@@ -47,7 +48,7 @@ def cohere() -> tuple[torch.nn.Module, dict]:
                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                     attn_implementation="sdpa", pad_token_id=0, eos_token_id=2, bos_token_id=1)
     # CohereLayerNorm: one per layer (attention and MLP run in parallel on it) and the final one.
-    return transformers.CohereForCausalLM(cfg), {"layer_norm": 2 + 1, "rope": 2 * 2, "attention": 2}
+    return transformers.CohereForCausalLM(cfg), {"layer_norm": 2 + 1, "rope_qk": 2, "attention": 2}
 
 
 def _deepseek(config_cls, model_cls, **extra) -> torch.nn.Module:
@@ -61,7 +62,7 @@ def _deepseek(config_cls, model_cls, **extra) -> torch.nn.Module:
 
 # DeepSeek (MLA, dense MLPs): q's and k's rotary parts per layer; RMSNorms: input, post-attention and
 # kv_a_layernorm per layer, and the final one.
-DEEPSEEK = {"rope": 2 * 2, "attention": 2, "rms_norm": 3 * 2 + 1}
+DEEPSEEK = {"rope_qk": 2, "attention": 2, "rms_norm": 3 * 2 + 1}
 
 
 def deepseek_v3() -> tuple[torch.nn.Module, dict]:
@@ -81,7 +82,7 @@ def olmo2() -> tuple[torch.nn.Module, dict]:
     # Run in bf16, where the rotary embedding's cos/sin stay fp32: q and k are rotated in fp32 and cast
     # back. RMSNorms: q_norm and k_norm (over the whole projection), post-attention and
     # post-feedforward per layer, and the final one.
-    return transformers.Olmo2ForCausalLM(cfg).to(torch.bfloat16), {"rope": 2 * 2, "attention": 2,
+    return transformers.Olmo2ForCausalLM(cfg).to(torch.bfloat16), {"rope_qk": 2, "attention": 2,
                                                                      "rms_norm": 4 * 2 + 1}
 
 
@@ -92,7 +93,7 @@ def gemma2() -> tuple[torch.nn.Module, dict]:
                                     pad_token_id=0)
     assert cfg.attn_logit_softcapping  # tanh between the scores and the softmax, in every layer
     # RMSNorms (1 + w): input, post-attention, pre- and post-feedforward per layer, and the final one.
-    return transformers.Gemma2ForCausalLM(cfg), {"attention": 2, "rope": 2 * 2, "rms_norm": 4 * 2 + 1}
+    return transformers.Gemma2ForCausalLM(cfg), {"attention": 2, "rope_qk": 2, "rms_norm": 4 * 2 + 1}
 
 
 @pytest.mark.slow

@@ -102,7 +102,8 @@ def _run(name: str, impl: str) -> Run | BaseException:
 
 # Kernel name prefixes (ops/*.py plan builders) -> replacement kind.
 KERNEL_KINDS = {"rms_norm_": "rms_norm", "layer_norm_": "layer_norm", "add_rms_norm_": "add_rms_norm",
-                "add_layer_norm_": "add_layer_norm", "rope_": "rope", "attn_": "attention", "softmax_": "softmax"}
+                "add_layer_norm_": "add_layer_norm", "rope_qk_": "rope_qk",
+                "rope_": "rope", "attn_": "attention", "softmax_": "softmax"}
 
 
 @contextlib.contextmanager

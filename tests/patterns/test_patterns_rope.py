@@ -117,6 +117,11 @@ def close(got, ref):
         torch.testing.assert_close(g.float(), r.float(), rtol=tol, atol=tol)
 
 
+def replaced(ropes):
+    """The ops left after `ropes` rope replacements: q's and k's, with the same tables, are one rope_qk."""
+    return {"rope_qk": 1} if ropes == 2 else {"rope": ropes}
+
+
 def qk(d, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, H, S, d, generator=g), torch.randn(B, H, S, d, generator=g)
@@ -137,7 +142,7 @@ FORMS = {
 def test_rope_forms(form, dtype):
     model, inputs, count = FORMS[form](dtype)
     got, ref, _ = run(model, *inputs, dtype=dtype)
-    assert mpsk.counters == {"rope": count}
+    assert mpsk.counters == replaced(count)
     close(got, ref)
 
 
@@ -147,7 +152,7 @@ def test_sequence_length_marked_dynamic():
     for t, dim in ((q, 2), (k, 2), (cos, 1), (sin, 1)):
         torch._dynamo.mark_dynamic(t, dim)
     got, ref, _ = run(Llama(), q, k, cos, sin)
-    assert mpsk.counters == {"rope": 2}
+    assert mpsk.counters == replaced(2)
     close(got, ref)
 
 
@@ -168,7 +173,7 @@ def test_symbolic_head_dim_is_a_near_miss():
 def test_training_gradients_match_eager(form):
     model, inputs, count = FORMS[form](torch.float32)
     got, ref, (x, *_) = run(model, *inputs, train=True)
-    assert mpsk.counters == {"rope": count}
+    assert mpsk.counters == replaced(count)
     got, ref = (got if isinstance(got, tuple) else (got,)), (ref if isinstance(ref, tuple) else (ref,))
     (g_compiled,) = torch.autograd.grad(sum(o.square().sum() for o in got), x)
     (g_eager,) = torch.autograd.grad(sum(o.square().sum() for o in ref), x)
