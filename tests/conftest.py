@@ -29,3 +29,14 @@ def math_mode(request, monkeypatch):
 
     monkeypatch.setenv(FAST_MATH_VARIABLE, "1" if request.param else "0")
     return request.param
+
+
+# Files whose tests take longest run first, so that under pytest-xdist (`-n auto --dist loadfile`, the
+# README's command) the other workers share the rest instead of waiting on them at the end.
+LONGEST_FIRST = ("test_mps_device_suite.py", "test_benchmarks.py", "test_demo.py", "test_aoti_package.py",
+                 "test_models.py", "test_models_quantized.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
