@@ -37,6 +37,15 @@ LONGEST_FIRST = ("test_mps_device_suite.py", "test_benchmarks.py", "test_demo.py
                  "test_models.py", "test_models_quantized.py")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker has a core of its own: ATen's intra-op threads would only
+    oversubscribe the cores the other workers use."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

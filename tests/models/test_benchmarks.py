@@ -26,7 +26,10 @@ def run(script, *args, tmp_path):
 def test_emulator_throughput(tmp_path):
     out = run("emulator_throughput.py", "--repeats", "1", "--rows", "4", "--cols", "256", tmp_path=tmp_path)
     assert "not GPU times" in out
-    assert out.count("row_sum_squares_float") == 3
+    modes = ("fast", "memcheck", "memcheck+initcheck", "all checks", "counters")
+    assert out.count("row_sum_squares_float") == 3 * len(modes)  # three group sizes, each in every mode
+    for mode in modes:
+        assert f"  {mode} " in out
 
 
 @pytest.mark.slow
@@ -54,7 +57,7 @@ def test_compile_time_ratio(tmp_path):
     out = run("compile_time.py", "--runs", "1", "--models", "tiny_llama", tmp_path=tmp_path)
     n = TinyLlamaConfig().num_layers
     mpsk_row = next(line for line in out.splitlines() if line.startswith("tiny_llama  mpsk"))
-    assert mpsk_row.endswith(f"attention {n}, rms_norm {2 * n + 1}, rope_qk {n}")  # the patterns fired
+    assert mpsk_row.endswith(f"add_rms_norm {2 * n}, attention {n}, rms_norm 1, rope_qk {n}")  # the patterns fired
     ratio = re.search(r"ratio mpsk/inductor compile time, tiny_llama: ([\d.]+) \((meets|misses)", out)
     assert ratio and float(ratio.group(1)) > 0
     assert "not GPU times" in out
@@ -70,7 +73,7 @@ def test_launches_per_forward(tmp_path):
     rows = {(r["phase"], r["backend"]): r for r in json.loads(target.read_text())["rows"]}
     assert set(rows) == {(p, b) for p in ("prefill", "decode") for b in ("eager", "inductor", "mpsk")}
     n = TinyLlamaConfig().num_layers
-    replaced = (2 * n + 1) + n + n  # rms_norm, rope_qk, attention: one kernel each at these sizes
+    replaced = 1 + 2 * n + n + n  # rms_norm, add_rms_norm, rope_qk, attention: one kernel each at these sizes
     for phase in ("prefill", "decode"):
         assert rows[phase, "mpsk"]["mpsk"] == replaced
         assert rows[phase, "inductor"]["mpsk"] == rows[phase, "eager"]["mpsk"] == 0

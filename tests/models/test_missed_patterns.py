@@ -47,8 +47,9 @@ def cohere() -> tuple[torch.nn.Module, dict]:
     cfg = transformers.CohereConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                     attn_implementation="sdpa", pad_token_id=0, eos_token_id=2, bos_token_id=1)
-    # CohereLayerNorm: one per layer (attention and MLP run in parallel on it) and the final one.
-    return transformers.CohereForCausalLM(cfg), {"layer_norm": 2 + 1, "rope_qk": 2, "attention": 2}
+    # CohereLayerNorm: one per layer (attention and MLP run in parallel on it) and the final one; all
+    # but the first read the residual sum x + attn + mlp (add_layer_norm).
+    return transformers.CohereForCausalLM(cfg), {"layer_norm": 1, "add_layer_norm": 2, "rope_qk": 2, "attention": 2}
 
 
 def _deepseek(config_cls, model_cls, **extra) -> torch.nn.Module:
@@ -62,7 +63,9 @@ def _deepseek(config_cls, model_cls, **extra) -> torch.nn.Module:
 
 # DeepSeek (MLA, dense MLPs): q's and k's rotary parts per layer; RMSNorms: input, post-attention and
 # kv_a_layernorm per layer, and the final one.
-DEEPSEEK = {"rope_qk": 2, "attention": 2, "rms_norm": 3 * 2 + 1}
+# Every norm but layer 0's input norm and the kv_a norms reads a residual sum (add_rms_norm). The
+# DeepSeek RoPE rewrites build each call's tables themselves, so rope_qk does not pair q and k (yet).
+DEEPSEEK = {"rope": 2 * 2, "attention": 2, "rms_norm": 1 + 2, "add_rms_norm": 2 + 2}
 
 
 def deepseek_v3() -> tuple[torch.nn.Module, dict]:
@@ -81,9 +84,10 @@ def olmo2() -> tuple[torch.nn.Module, dict]:
                                    attn_implementation="sdpa", pad_token_id=0)
     # Run in bf16, where the rotary embedding's cos/sin stay fp32: q and k are rotated in fp32 and cast
     # back. RMSNorms: q_norm and k_norm (over the whole projection), post-attention and
-    # post-feedforward per layer, and the final one.
+    # post-feedforward per layer (norms of sublayer outputs, added to the residual after), and the
+    # final one, which reads the last residual sum (add_rms_norm).
     return transformers.Olmo2ForCausalLM(cfg).to(torch.bfloat16), {"rope_qk": 2, "attention": 2,
-                                                                     "rms_norm": 4 * 2 + 1}
+                                                                     "rms_norm": 4 * 2, "add_rms_norm": 1}
 
 
 def gemma2() -> tuple[torch.nn.Module, dict]:
@@ -93,7 +97,9 @@ def gemma2() -> tuple[torch.nn.Module, dict]:
                                     pad_token_id=0)
     assert cfg.attn_logit_softcapping  # tanh between the scores and the softmax, in every layer
     # RMSNorms (1 + w): input, post-attention, pre- and post-feedforward per layer, and the final one.
-    return transformers.Gemma2ForCausalLM(cfg), {"attention": 2, "rope_qk": 2, "rms_norm": 4 * 2 + 1}
+    # Residual sums feed pre-feedforward, the next input norm and the final one (add_rms_norm).
+    return transformers.Gemma2ForCausalLM(cfg), {"attention": 2, "rope_qk": 2, "rms_norm": 1 + 2 * 2,
+                                                 "add_rms_norm": 2 + 1 + 1}
 
 
 @pytest.mark.slow

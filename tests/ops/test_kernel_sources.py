@@ -47,7 +47,7 @@ def test_a_specialized_library_holds_only_its_dtype(dtype):
 def test_the_plain_source_instantiates_every_dtype():
     """Without DTYPE (a source used as is) the macro makes all three."""
     lib = ShaderLibrary(load_source("rope"), "cpu")
-    assert dir(lib) == ["rope_bfloat", "rope_float", "rope_half"]
+    assert dir(lib) == ["rope_bfloat", "rope_float", "rope_half", "rope_qk_bfloat", "rope_qk_float", "rope_qk_half"]
 
 
 def test_every_kernel_file_uses_the_shared_macro():
