@@ -102,9 +102,20 @@ def gemma2() -> tuple[torch.nn.Module, dict]:
                                                  "add_rms_norm": 2 + 1 + 1}
 
 
+def falcon() -> tuple[torch.nn.Module, dict]:
+    cfg = transformers.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    alibi=False, new_decoder_architecture=False, parallel_attn=True, bias=False,
+                                    max_position_embeddings=64, attn_implementation="eager", pad_token_id=0)
+    # Eager attention divides the scores in place (`scores /= sqrt(d)`). LayerNorms: one per layer
+    # (attention and MLP in parallel on it) and the final one; all but the first read a residual sum.
+    return transformers.FalconForCausalLM(cfg), {"attention": 2, "rope_qk": 2, "layer_norm": 1, "add_layer_norm": 2}
+
+
+MODELS = [t5, modernbert, esm, cohere, deepseek_v3, deepseek_v2, olmo2, gemma2, falcon]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [t5, modernbert, esm, cohere, deepseek_v3, deepseek_v2, olmo2, gemma2],
-                         ids=["t5", "modernbert", "esm", "cohere", "deepseek_v3", "deepseek_v2", "olmo2", "gemma2"])
+@pytest.mark.parametrize("build", MODELS, ids=[build.__name__ for build in MODELS])
 def test_every_site_is_replaced(build):
     torch.manual_seed(0)
     model, expected = build()
