@@ -170,3 +170,25 @@ def test_llama3_benchmark_smoke(tmp_path, capsys):
     assert [r["op"] for r in rows] == ["rms_norm"]
     assert rows[0]["ideal_bytes_read"] == (4 * 4096 + 4096) * 2
     assert set(rows[0]["modeled_us"]) == set(chips.NAMES)
+
+
+@needs_counters
+def test_rope_moves_the_ideal_bytes():
+    """Issue 15's bound: RoPE within 5% of the ideal (x and the tables read once, the output written
+    once). HF's tables are (B, S, D), shared by every head; the kernel reads them once per position."""
+    heads, seq, dim = 8, 4, 64
+    tables = [rand(1, seq, dim, seed=s).unsqueeze(1) for s in (1, 2)]
+    p = profiling.profile("rope", rand(1, heads, seq, dim), *tables, False)
+    assert p.ideal.bytes == 2 * heads * seq * dim * 2 + 2 * seq * dim * 2  # hand-computed
+    assert p.counts.device_bytes <= 1.05 * p.ideal.bytes
+
+
+@needs_counters
+def test_rope_qk_moves_the_ideal_bytes():
+    """q (8 heads) and k (2 heads, GQA) rotated in one launch with one read of the shared tables."""
+    seq, dim = 4, 64
+    q, k = rand(1, 8, seq, dim), rand(1, 2, seq, dim, seed=3)
+    tables = [rand(1, seq, dim, seed=s).unsqueeze(1) for s in (1, 2)]
+    p = profiling.profile("rope_qk", q, k, *tables, False)
+    assert p.ideal.bytes == 2 * (8 + 2) * seq * dim * 2 + 2 * seq * dim * 2  # hand-computed
+    assert p.counts.device_bytes <= 1.05 * p.ideal.bytes
