@@ -9,8 +9,13 @@
 // Python's main thread), SIGINT, which the host then hands back to Python. The
 // handler runs on an alternate stack, records what happened (signal, address,
 // read or write) for the host to read with mpsk_last_fault, and jumps back to
-// the launch, which abandons its fibers and returns an error. The previous
-// handlers are restored when the launch ends.
+// the launch, which abandons its fibers and returns an error.
+//
+// The handlers are installed once per library and stay: a signal that finds no
+// launch of this library on its thread is passed to the handler that was there
+// before (another library's, Python's, or the default action). Restoring them at
+// the end of each launch would leave a launch still running in another thread
+// unprotected, since launches overlap when several threads call kernels.
 #pragma once
 
 #include <pthread.h>
@@ -46,15 +51,34 @@ inline int watchdog_signal() { return SIGRTMAX - 7; }
 inline constexpr int kContainedSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
 constexpr int kNumContained = sizeof(kContainedSignals) / sizeof(kContainedSignals[0]);
 
+// The handlers there before this library's (one per contained signal, then the watchdog's).
+inline struct sigaction chained[kNumContained + 1];
+
+// A signal outside this library's launches: what would have happened without it.
+inline void pass_on(int sig, siginfo_t* info, void* context) {
+  struct sigaction* prev = sig == watchdog_signal() ? &chained[kNumContained] : nullptr;
+  for (int i = 0; i < kNumContained; ++i)
+    if (kContainedSignals[i] == sig) prev = &chained[i];
+  if (prev && (prev->sa_flags & SA_SIGINFO) && prev->sa_sigaction) {
+    prev->sa_sigaction(sig, info, context);
+    return;
+  }
+  if (prev && !(prev->sa_flags & SA_SIGINFO) && prev->sa_handler != SIG_DFL) {
+    if (prev->sa_handler != SIG_IGN) prev->sa_handler(sig);
+    return;
+  }
+  if (sig == watchdog_signal()) return;  // a late tick after a launch ended
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 inline void on_signal(int sig, siginfo_t* info, void* context) {
   if (!fault_escape) {
-    if (sig == watchdog_signal()) return;  // a late tick after the launch ended
     if (sig == SIGINT) {
       if (sigint_armed) pthread_kill(sigint_thread, SIGINT);  // to the launching thread
       return;
     }
-    signal(sig, SIG_DFL);  // not inside a launch: what would have happened anyway
-    raise(sig);
+    pass_on(sig, info, context);
     return;
   }
   last_fault.sig = sig;
@@ -83,9 +107,19 @@ inline void ensure_signal_stack() {
   if (sigaltstack(&ss, nullptr) == 0) remember_signal_stack(ss.ss_sp);
 }
 
-// Installs the handlers and arms the watchdog for one launch; undoes both at its end.
+// Arms the handlers (installed at the first launch) and the watchdog for one launch; the
+// watchdog and SIGINT are undone at its end.
 struct FaultGuard {
-  struct sigaction old[kNumContained], old_tick, old_int;
+  static struct sigaction handler() {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    return sa;
+  }
+
+  struct sigaction old_int;
   sigset_t old_mask;
   timer_t timer;
   bool timed = false, interruptible = false;
@@ -93,18 +127,16 @@ struct FaultGuard {
   explicit FaultGuard(sigjmp_buf* env) {
     ensure_signal_stack();
     last_fault = Fault{};
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
+    static pthread_once_t installed = PTHREAD_ONCE_INIT;
+    pthread_once(&installed, [] {
+      struct sigaction sa = handler();
+      for (int i = 0; i < kNumContained; ++i) sigaction(kContainedSignals[i], &sa, &chained[i]);
+      sigaction(watchdog_signal(), &sa, &chained[kNumContained]);
+    });
+    struct sigaction sa = handler();
     sigset_t mine;
     sigemptyset(&mine);
-    for (int i = 0; i < kNumContained; ++i) {
-      sigaction(kContainedSignals[i], &sa, &old[i]);
-      sigaddset(&mine, kContainedSignals[i]);
-    }
-    sigaction(watchdog_signal(), &sa, &old_tick);
+    for (int i = 0; i < kNumContained; ++i) sigaddset(&mine, kContainedSignals[i]);
     sigaddset(&mine, watchdog_signal());
     interruptible = catch_sigint;
     if (interruptible) {
@@ -142,11 +174,6 @@ struct FaultGuard {
       sigint_armed = 0;
       sigaction(SIGINT, &old_int, nullptr);
     }
-    // The watchdog's handler stays when nothing else had the signal: it drops ticks outside a launch,
-    // where the default action (ending the process) would kill another thread's launch's late tick.
-    if (old_tick.sa_handler != SIG_DFL && old_tick.sa_handler != SIG_IGN)
-      sigaction(watchdog_signal(), &old_tick, nullptr);
-    for (int i = 0; i < kNumContained; ++i) sigaction(kContainedSignals[i], &old[i], nullptr);
     pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   }
 };
